@@ -1,0 +1,36 @@
+"""Server settings: one data dir per server holds the database, checkpoints, snapshots and worker logs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shapeyard.store.db import sqlite_url
+
+DEFAULT_PORT = 8000
+DEFAULT_ACCOUNT = "local"
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path
+    database_url: str | None = None  # default: SQLite file in the data dir
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    account: str = DEFAULT_ACCOUNT  # the bootstrap account, admin of this server
+    api_key: str | None = field(default_factory=lambda: os.environ.get("SHAPEYARD_API_KEY"))
+    tinker_api_key: str | None = field(default_factory=lambda: os.environ.get("SHAPEYARD_TINKER_API_KEY"))
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return (
+            self.database_url or os.environ.get("SHAPEYARD_DATABASE_URL") or sqlite_url(self.data_dir / "shapeyard.db")
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

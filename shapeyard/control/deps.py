@@ -1,0 +1,29 @@
+"""Request dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from shapeyard.control.auth import authenticate
+from shapeyard.store.accounts import Caller
+
+if TYPE_CHECKING:
+    from shapeyard.control.app import ControlPlane
+
+
+def control_plane(request: Request) -> ControlPlane:
+    return request.app.state.control
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+PlaneDep = Annotated["ControlPlane", Depends(control_plane)]
+
+
+class WireRouter(APIRouter):
+    """Responses leave out unset (None) fields, as protojson does."""
+
+    def add_api_route(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        kwargs["response_model_exclude_none"] = True
+        super().add_api_route(path, endpoint, **kwargs)
