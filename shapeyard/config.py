@@ -19,6 +19,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     account: str = DEFAULT_ACCOUNT  # the bootstrap account, admin of this server
+    # CPU trainer workers that may run at once (each on one torch thread unless worker_threads says otherwise).
+    cpu_worker_slots: int = field(default_factory=lambda: max(os.cpu_count() or 1, 1))
+    worker_threads: int = 1
     api_key: str | None = field(default_factory=lambda: os.environ.get("SHAPEYARD_API_KEY"))
     tinker_api_key: str | None = field(default_factory=lambda: os.environ.get("SHAPEYARD_TINKER_API_KEY"))
 
@@ -34,3 +37,6 @@ class ServerSettings:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def job_dir(self, account: str, job_id: str) -> Path:
+        return self.data_dir / "jobs" / account / job_id

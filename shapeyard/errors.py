@@ -6,6 +6,8 @@ Resolution, validation and storage raise these; the control plane turns them int
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ShapeyardError(Exception):
     status = "UNKNOWN"
@@ -45,3 +47,12 @@ class Unavailable(ShapeyardError):
     """The request is fine but the hardware it needs is not here."""
 
     status, grpc_code, http_status = "UNAVAILABLE", 14, 503
+
+
+def validation_message(errors: list[dict[str, Any]], what: str = "request") -> str:
+    """Pydantic validation errors as one line naming each bad field."""
+    problems = []
+    for item in errors:
+        location = ".".join(str(part) for part in item["loc"] if part not in ("body", "query", "path"))
+        problems.append(f"{location or 'body'}: {item['msg']}")
+    return f"invalid {what}: " + "; ".join(problems)

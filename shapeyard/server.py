@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -11,12 +10,7 @@ import uvicorn
 
 from shapeyard.config import ServerSettings
 from shapeyard.control.app import BootstrapKeys, ControlPlane, create_app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from shapeyard.launch.local import free_port
 
 
 class EmbeddedServer:

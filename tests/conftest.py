@@ -49,9 +49,15 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, database_url: str | None = None) -> Iterator[RunningServer]:
+def run_server(data_dir: Path, database_url: str | None = None, cpu_slots: int = 0) -> Iterator[RunningServer]:
+    """cpu_slots=0 runs the control plane alone: jobs wait in PENDING and no worker starts."""
     settings = ServerSettings(
-        data_dir=data_dir, database_url=database_url, port=0, api_key=API_KEY, tinker_api_key=TINKER_KEY
+        data_dir=data_dir,
+        database_url=database_url,
+        port=0,
+        api_key=API_KEY,
+        tinker_api_key=TINKER_KEY,
+        cpu_worker_slots=cpu_slots,
     )
     with EmbeddedServer(settings) as server:
         yield RunningServer(server.control, server.app, server.base_url)
@@ -110,3 +116,9 @@ def tenant(server: RunningServer) -> Iterator[Tenant]:
     key = server.add_account(account)
     with server.http(key) as http:
         yield Tenant(account, key, http)
+
+
+def same_record(after: dict, before: dict) -> bool:
+    """Equal but for what the supervisor may move meanwhile (servers without workers put jobs in PENDING)."""
+    moving = ("state", "statusMessage", "updateTime")
+    return {k: v for k, v in after.items() if k not in moving} == {k: v for k, v in before.items() if k not in moving}

@@ -84,7 +84,7 @@ def test_jobs_and_deployments_commands(cli, http):
     )
     assert job_id in cli("jobs", "list").output
     shown = cli("jobs", "show", job_id)
-    assert "tiny-qwen3-2k-cpu" in shown.output and "JOB_STATE_CREATING" in shown.output
+    assert "tiny-qwen3-2k-cpu" in shown.output and "JOB_STATE_" in shown.output
     assert dep_id in cli("deployments", "list").output
     assert "rft-tiny-qwen3-cpu" in cli("deployments", "show", dep_id).output
     assert "JOB_STATE_DELETED" in cli("jobs", "delete", job_id).output

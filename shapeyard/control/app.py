@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from starlette.exceptions import HTTPException
 from shapeyard.catalog.loader import Catalog, load_catalog
 from shapeyard.catalog.sync import sync_catalog
 from shapeyard.config import ServerSettings
-from shapeyard.errors import ShapeyardError
+from shapeyard.errors import ShapeyardError, validation_message
+from shapeyard.launch.base import Launcher
+from shapeyard.launch.local import LocalLauncher
 from shapeyard.store import accounts
 from shapeyard.store.db import Database
 from shapeyard.wire.base import CamelModel
@@ -46,6 +50,7 @@ class ControlPlane:
     db: Database
     catalog: Catalog
     bootstrap: BootstrapKeys
+    launcher: Launcher
 
     @classmethod
     def open(cls, settings: ServerSettings) -> ControlPlane:
@@ -59,9 +64,11 @@ class ControlPlane:
             keys = _bootstrap_keys(session, settings)
         if added:
             log.info("catalog: added %d shape versions", len(added))
-        return cls(settings, db, catalog, keys)
+        launcher = LocalLauncher(settings.cpu_worker_slots, settings.worker_threads)
+        return cls(settings, db, catalog, keys, launcher)
 
     def close(self) -> None:
+        self.launcher.close()
         self.db.dispose()
 
 
@@ -87,11 +94,6 @@ def _error(status_code: int, status: str, grpc_code: int, message: str) -> JSONR
     return JSONResponse(body, status_code=status_code)
 
 
-def _field_path(loc: tuple) -> str:
-    parts = [str(part) for part in loc if part not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShapeyardError)
     async def _shapeyard(_: Request, exc: ShapeyardError) -> JSONResponse:
@@ -99,8 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors())
-        return _error(400, "INVALID_ARGUMENT", 3, f"invalid request: {problems}")
+        return _error(400, "INVALID_ARGUMENT", 3, validation_message(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
@@ -110,16 +111,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(control: ControlPlane) -> FastAPI:
     from shapeyard.control import accounts as accounts_api
-    from shapeyard.control import deployments, jobs, shapes  # routers import ControlPlane from here
+    from shapeyard.control import deployments, gateway, jobs, serverless, shapes  # they import ControlPlane
+    from shapeyard.control.supervisor import Supervisor
+
+    supervisor = Supervisor(control)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        supervisor.start()
+        yield
+        supervisor.stop()
 
     app = FastAPI(
         title="shapeyard",
         version="0.1.0",
         description="Control plane: accounts, training shapes, trainer jobs and deployments.",
+        lifespan=lifespan,
     )
     app.state.control = control
     install_error_handlers(app)
-    for module in (accounts_api, shapes, jobs, deployments):
+    for module in (accounts_api, shapes, jobs, deployments, gateway, serverless):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["server"])

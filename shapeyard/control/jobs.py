@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -10,10 +11,11 @@ from sqlalchemy.orm import Session
 from shapeyard.control.auth import require_account
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
 from shapeyard.control.pagination import paginate
+from shapeyard.control.workers import placement, set_state
 from shapeyard.errors import AlreadyExists, FailedPrecondition, NotFound
 from shapeyard.shapes.resolve import plan_trainer_job
 from shapeyard.store.accounts import Caller
-from shapeyard.store.tables import TrainerJob, utcnow
+from shapeyard.store.tables import TrainerJob
 from shapeyard.wire import names
 from shapeyard.wire.control import (
     RESUMABLE_JOB_STATES,
@@ -24,6 +26,9 @@ from shapeyard.wire.control import (
     TrainerJobResource,
     TrainingConfig,
 )
+
+if TYPE_CHECKING:
+    from shapeyard.control.app import ControlPlane
 
 router = WireRouter(tags=["trainer jobs"])
 
@@ -64,10 +69,54 @@ def get_job(session: Session, caller: Caller, account: str, job_id: str) -> Trai
     return job
 
 
-def set_state(job: TrainerJob, state: JobState, message: str = "") -> None:
-    job.state = state.value
-    job.status_message = message
-    job.update_time = utcnow()
+def launch_job(
+    session: Session,
+    control: ControlPlane,
+    caller: Caller,
+    account: str,
+    job_id: str,
+    body: CreateTrainerJobRequest,
+    *,
+    training_shape: str | None,
+    skip_validations: bool = False,
+) -> TrainerJob:
+    """Apply the resolution rules, check the launcher can ever run the placement, and record the job; the
+    supervisor starts its worker."""
+    name = names.job_name(account, names.check_id("rlorTrainerJobId", job_id))
+    if session.get(TrainerJob, name) is not None:
+        raise AlreadyExists(f"trainer job {name} already exists")
+    plan = plan_trainer_job(
+        session,
+        caller,
+        body,
+        control.catalog.accelerators,
+        training_shape=training_shape,
+        skip_validations=skip_validations,
+    )
+    job = TrainerJob(
+        name=name,
+        account=account,
+        job_id=job_id,
+        state=JobState.CREATING.value,
+        display_name=body.display_name or job_id,
+        training_shape_version=plan.shape.version if plan.shape else None,
+        base_model=plan.base_model,
+        trainer_mode=plan.trainer_mode.value,
+        lora_rank=plan.lora_rank,
+        learning_rate=body.training_config.learning_rate,
+        max_context_length=plan.max_context_length,
+        forward_only=plan.forward_only,
+        trainer_replica_count=body.trainer_replica_count or 1,
+        accelerator_type=plan.accelerator_type,
+        accelerator_count=plan.accelerator_count,
+        node_count=plan.node_count,
+        image_tag=plan.image_tag,
+        request=body.to_json_dict(),
+    )
+    control.launcher.check(placement(session, control, job))
+    session.add(job)
+    session.flush()
+    return job
 
 
 @router.post("/v1/accounts/{account}/rlorTrainerJobs")
@@ -79,48 +128,20 @@ def create_trainer_job(
     trainingShape: str = "",
     rlorTrainerJobId: str = "",
     skipValidations: bool = False,
-    deploymentId: str = "",
 ) -> TrainerJobResource:
     """Shape path (`trainingShape`), auto-selection (no shape), or the admin-only manual path (`skipValidations`)."""
-    job_id = names.check_id("rlorTrainerJobId", rlorTrainerJobId or f"job-{secrets.token_hex(4)}")
-    name = names.job_name(account, job_id)
     require_account(caller, account, f"account {account}")
     with control.db.session() as session:
-        if session.get(TrainerJob, name) is not None:
-            raise AlreadyExists(f"trainer job {name} already exists")
-        plan = plan_trainer_job(
+        job = launch_job(
             session,
+            control,
             caller,
+            account,
+            rlorTrainerJobId or f"job-{secrets.token_hex(4)}",
             body,
-            control.catalog.accelerators,
             training_shape=trainingShape or None,
             skip_validations=skipValidations,
         )
-        request = body.to_json_dict()
-        if deploymentId:
-            request["hotLoadDeploymentId"] = deploymentId
-        job = TrainerJob(
-            name=name,
-            account=account,
-            job_id=job_id,
-            state=JobState.CREATING.value,
-            display_name=body.display_name or job_id,
-            training_shape_version=plan.shape.version if plan.shape else None,
-            base_model=plan.base_model,
-            trainer_mode=plan.trainer_mode.value,
-            lora_rank=plan.lora_rank,
-            learning_rate=body.training_config.learning_rate,
-            max_context_length=plan.max_context_length,
-            forward_only=plan.forward_only,
-            trainer_replica_count=body.trainer_replica_count or 1,
-            accelerator_type=plan.accelerator_type,
-            accelerator_count=plan.accelerator_count,
-            node_count=plan.node_count,
-            image_tag=plan.image_tag,
-            request=request,
-        )
-        session.add(job)
-        session.flush()
         return job_resource(job)
 
 
@@ -155,6 +176,7 @@ def delete_trainer_job(account: str, job_id: str, caller: CallerDep, control: Pl
     """Stops the job's worker; the record stays as a JOB_STATE_DELETED tombstone (its checkpoints stay listable)."""
     with control.db.session() as session:
         job = get_job(session, caller, account, job_id)
+        control.launcher.stop(job.name)
         if job.state != JobState.DELETED:
             set_state(job, JobState.DELETED, "deleted by request")
         return job_resource(job)
@@ -167,5 +189,6 @@ def resume_trainer_job(account: str, job_id: str, caller: CallerDep, control: Pl
         if JobState(job.state) not in RESUMABLE_JOB_STATES:
             allowed = ", ".join(sorted(state.value for state in RESUMABLE_JOB_STATES))
             raise FailedPrecondition(f"trainer job {job.name} is {job.state}; only jobs in {allowed} can resume")
-        set_state(job, JobState.CREATING, "resuming")
+        control.launcher.check(placement(session, control, job))
+        set_state(job, JobState.CREATING, "resuming from the latest checkpoint")
         return job_resource(job)

@@ -98,7 +98,7 @@ def _scope(account: str, collection: str, shape: str) -> tuple[str | None, str |
     return account, str(names.parse(f"accounts/{account}/{collection}/{shape}", collection, versioned=False))
 
 
-def _visible_versions(rows: Sequence[Any], caller: Caller, account: str | None) -> tuple[list[Any], dict[str, int]]:
+def visible_versions(rows: Sequence[Any], caller: Caller, account: str | None) -> tuple[list[Any], dict[str, int]]:
     visible = [row for row in rows if can_see(caller, row.name, row.public)]
     if account is not None:
         visible = [row for row in visible if row.name.startswith(f"accounts/{account}/")]
@@ -170,7 +170,7 @@ def get_model(account: str, model: str, caller: CallerDep, control: PlaneDep) ->
 
 
 def _shape_resource(session: Session, shape: TrainingShape, caller: Caller) -> TrainingShapeResource:
-    rows, latest = _visible_versions(store.training_versions(session, shape.name), caller, None)
+    rows, latest = visible_versions(store.training_versions(session, shape.name), caller, None)
     if not rows:
         raise NotFound(f"training shape {shape.name} not found")
     validated = [row for row in rows if latest.get(row.shape) == row.ordinal]
@@ -258,7 +258,7 @@ def list_training_shape_versions(
     scope_account, scope_shape = _scope(account, "trainingShapes", shape)
     matches = parse_filter(filter, TRAINING_FILTERS)
     with control.db.session() as session:
-        rows, latest = _visible_versions(store.training_versions(session, scope_shape), caller, scope_account)
+        rows, latest = visible_versions(store.training_versions(session, scope_shape), caller, scope_account)
         models = {spec.name: spec for spec in store.list_models(session)}
     if scope_shape is not None and not rows:
         raise NotFound(f"training shape {scope_shape} not found")
@@ -304,7 +304,7 @@ def get_training_shape_version(
     """`versions/latest` answers the latest validated version."""
     with control.db.session() as session:
         row = _training_version(session, caller, account, shape, version)
-        _, latest = _visible_versions(store.training_versions(session, row.shape), caller, None)
+        _, latest = visible_versions(store.training_versions(session, row.shape), caller, None)
         return training_version_resource(row, latest)
 
 
@@ -322,7 +322,7 @@ def update_training_shape_version(
     with control.db.session() as session:
         row = _training_version(session, caller, account, shape, version)
         row.public = body.public
-        _, latest = _visible_versions(store.training_versions(session, row.shape), caller, None)
+        _, latest = visible_versions(store.training_versions(session, row.shape), caller, None)
         return training_version_resource(row, latest)
 
 
@@ -335,7 +335,7 @@ def validate_training_shape_version(
     with control.db.session() as session:
         row = _training_version(session, caller, account, shape, version)
         admin.validate_version(session, row, control.catalog.accelerators)
-        _, latest = _visible_versions(store.training_versions(session, row.shape), caller, None)
+        _, latest = visible_versions(store.training_versions(session, row.shape), caller, None)
         return training_version_resource(row, latest)
 
 
@@ -356,7 +356,7 @@ def list_deployment_shape_versions(
     scope_account, scope_shape = _scope(account, "deploymentShapes", shape)
     matches = parse_filter(filter, DEPLOYMENT_FILTERS)
     with control.db.session() as session:
-        rows, latest = _visible_versions(store.deployment_versions(session, scope_shape), caller, scope_account)
+        rows, latest = visible_versions(store.deployment_versions(session, scope_shape), caller, scope_account)
     if scope_shape is not None and not rows:
         raise NotFound(f"deployment shape {scope_shape} not found")
 
@@ -385,7 +385,7 @@ def get_deployment_shape_version(
     ref = f"accounts/{account}/deploymentShapes/{shape}/versions/{version}"
     parsed = names.parse(ref, "deploymentShapes", versioned=True, field="deployment shape version")
     with control.db.session() as session:
-        rows, latest = _visible_versions(store.deployment_versions(session, parsed.parent), caller, None)
+        rows, latest = visible_versions(store.deployment_versions(session, parsed.parent), caller, None)
         if version == LATEST:
             row = next((r for r in reversed(rows) if latest.get(r.shape) == r.ordinal), None)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, validation_message
 from shapeyard.shapes.types import AcceleratorSpec, ModelSpec, TrainingShapeSnapshot
 from shapeyard.shapes.validation import SmokeResult, ValidationReport, validate_training_shape
 from shapeyard.store import catalog as store
@@ -75,10 +75,7 @@ def _snapshot(fields: dict[str, Any]) -> TrainingShapeSnapshot:
     try:
         return TrainingShapeSnapshot.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise InvalidArgument(f"invalid training shape: {problems}") from None
+        raise InvalidArgument(validation_message(exc.errors(), "training shape")) from None
 
 
 def create_shape(

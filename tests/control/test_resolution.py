@@ -177,12 +177,30 @@ def test_valid_rank_and_mode_combinations_launch(http, shape, rank, forward_only
 
 
 def test_user_settable_fields_are_kept(http):
-    job = create_job(http, LORA, {"loraRank": 8, "learningRate": 3e-4}, displayName="my run", trainerReplicaCount=2)
+    job = create_job(http, LORA, {"loraRank": 8, "learningRate": 3e-4}, displayName="my run", trainerReplicaCount=1)
     body = job.json()
-    assert body["displayName"] == "my run" and body["trainerReplicaCount"] == 2
+    assert body["displayName"] == "my run" and body["trainerReplicaCount"] == 1
     assert body["trainingConfig"]["learningRate"] == 3e-4 and body["trainingConfig"]["loraRank"] == 8
     # the shape's infrastructure is what the job reports
     assert body["trainingConfig"]["acceleratorType"] == "CPU" and body["trainingConfig"]["maxContextLength"] == 2048
+
+
+def test_hardware_the_machine_lacks_is_refused_at_launch(http):
+    """A GPU shape on a machine without that GPU, more nodes than one machine, more replicas than one."""
+    h200 = "accounts/fireworks/trainingShapes/qwen3-8b-256k-h200-lora"
+    response = create_job(http, h200, {"baseModel": "accounts/fireworks/models/qwen3-8b", "loraRank": 8})
+    message = error(response, 400, "FAILED_PRECONDITION")
+    assert "the shape needs 8 x NVIDIA_H200_141GB" in message and "never runs on the CPU instead" in message
+    multi = create_job(
+        http,
+        "accounts/fireworks/trainingShapes/qwen3p5-397b-a17b-256k",
+        {"baseModel": "accounts/fireworks/models/qwen3p5-397b-a17b"},
+    )
+    assert "x 2 nodes; the local launcher runs on one machine" in error(multi, 400, "FAILED_PRECONDITION")
+    replicas = create_job(http, POLICY, trainerReplicaCount=2)
+    assert "trainerReplicaCount 2" in error(replicas, 400, "FAILED_PRECONDITION")
+    listed = http.get("/v1/accounts/local/rlorTrainerJobs", params={"pageSize": 200}).json()["rlorTrainerJobs"]
+    assert not [j for j in listed if "qwen3-8b" in j["trainingConfig"]["baseModel"]]  # nothing was created
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from shapeyard.store.db import MIGRATIONS_DIR, Database
-from tests.conftest import run_server
+from tests.conftest import run_server, same_record
 
 TINY = "accounts/fireworks/models/tiny-qwen3"
 LORA = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
@@ -49,12 +49,12 @@ def test_restart_keeps_everything_and_accounts_stay_isolated(tmp_path: Path, dat
     # A second server on the same database (a restart; the data dir may even move).
     with run_server(tmp_path / "second", database_url) as server:
         with server.http() as http:
-            assert http.get("/v1/accounts/local/rlorTrainerJobs/kept").json() == job
+            assert same_record(http.get("/v1/accounts/local/rlorTrainerJobs/kept").json(), job)
             assert http.get("/v1/accounts/local/deployments/kept-dep").json() == dep
             assert http.get("/v1/accounts/local/trainingShapes/mine").json() == shape
             assert http.get("/v1/accounts/fireworks/trainingShapes/-/versions").json()["totalSize"] == catalog_size
         with server.http(other_key) as http:
-            assert http.get("/v1/accounts/other/rlorTrainerJobs/theirs").json() == theirs
+            assert same_record(http.get("/v1/accounts/other/rlorTrainerJobs/theirs").json(), theirs)
             assert [j["name"] for j in http.get("/v1/accounts/other/rlorTrainerJobs").json()["rlorTrainerJobs"]] == [
                 theirs["name"]
             ]

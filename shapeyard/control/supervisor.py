@@ -1,0 +1,68 @@
+"""The supervisor: makes workers match what the database says jobs should be.
+
+Every tick, for each active job: no worker yet -> start one when the launcher has room (PENDING meanwhile); the
+worker answers healthz -> RUNNING; the worker died -> FAILED with the tail of its log. A worker always starts from
+the job's latest training checkpoint if it has one, so `:resume` (and a server restart) continue where the job
+left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from shapeyard.control.workers import ACTIVE, placement, set_state, worker_spec
+from shapeyard.launch.base import WorkerState
+from shapeyard.store.tables import TrainerJob
+from shapeyard.wire.control import JobState
+
+if TYPE_CHECKING:
+    from shapeyard.control.app import ControlPlane
+
+log = logging.getLogger("shapeyard.supervisor")
+TICK_SECONDS = 0.25
+
+
+class Supervisor:
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="shapeyard-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("supervisor tick failed")
+
+    def tick(self) -> None:
+        launcher = self.control.launcher
+        with self.control.db.session() as session:
+            active = session.scalars(select(TrainerJob).where(TrainerJob.state.in_([s.value for s in ACTIVE])))
+            for job in active:
+                status = launcher.status(job.name)
+                if status is None:
+                    where = placement(session, self.control, job)
+                    if launcher.has_capacity(where):
+                        launcher.start(job.name, worker_spec(session, self.control, job), where)
+                        set_state(job, JobState.PENDING, "worker starting")
+                    else:
+                        set_state(job, JobState.PENDING, launcher.capacity_message(where))
+                elif status.state == WorkerState.READY:
+                    set_state(job, JobState.RUNNING)
+                elif status.state == WorkerState.EXITED:
+                    launcher.stop(job.name)
+                    set_state(job, JobState.FAILED, status.detail)
+                    log.warning("trainer job %s failed: %s", job.name, status.detail.splitlines()[0])

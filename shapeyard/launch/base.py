@@ -1,0 +1,68 @@
+"""The launcher interface: how the control plane starts, watches and stops worker processes.
+
+The control plane never runs model code. It asks a launcher whether a placement can exist here at all (`check`),
+whether it fits now (`has_capacity`), and then starts and watches one worker per job. The local launcher runs
+workers as subprocesses of the server; a cluster launcher (torchrun, Kubernetes) implements the same methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from shapeyard.shapes.types import AcceleratorSpec
+from shapeyard.wire.worker import TrainerWorkerSpec
+
+
+@dataclass(frozen=True)
+class Placement:
+    accelerator: AcceleratorSpec
+    count: int
+    nodes: int
+    replicas: int
+    memory_gib: float  # per device, from the shape's memory plan
+
+    def describe(self) -> str:
+        nodes = f" x {self.nodes} nodes" if self.nodes > 1 else ""
+        return f"{self.count} x {self.accelerator.accelerator_type}{nodes}"
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    state: WorkerState
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str
+
+
+class Launcher(Protocol):
+    def check(self, placement: Placement) -> None:
+        """Raise FailedPrecondition naming what is missing if this launcher can never run the placement."""
+
+    def has_capacity(self, placement: Placement) -> bool:
+        """Whether the placement fits next to the workers already running."""
+
+    def start(self, name: str, spec: TrainerWorkerSpec, placement: Placement) -> None: ...
+
+    def status(self, name: str) -> WorkerStatus | None:
+        """None when no worker was started under this name (or it was forgotten)."""
+
+    def endpoint(self, name: str) -> Endpoint | None: ...
+
+    def stop(self, name: str) -> None:
+        """Stop the worker and forget it; a no-op for unknown names."""
+
+    def capacity_message(self, placement: Placement) -> str: ...
+
+    def close(self) -> None: ...

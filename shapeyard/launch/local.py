@@ -1,0 +1,180 @@
+"""The default launcher: each worker is a subprocess of the server, on this machine's devices.
+
+CPU workers take one of `cpu_slots` slots (each runs torch with `threads` threads; on a small machine one thread
+per worker is much faster than two fighting over the cores). CUDA workers get whole GPUs of the shape's type,
+pinned with CUDA_VISIBLE_DEVICES. Placements that need more than one node, or devices this machine lacks, are
+refused with a message that names what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shapeyard.errors import FailedPrecondition
+from shapeyard.launch.base import Endpoint, Placement, WorkerState, WorkerStatus
+from shapeyard.launch.hardware import LocalHardware, detect
+from shapeyard.shapes.types import DeviceKind
+from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec
+
+log = logging.getLogger("shapeyard.launch")
+LOG_TAIL_LINES = 25
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    endpoint: Endpoint
+    log_path: Path
+    kind: DeviceKind
+    gpus: list[int] = field(default_factory=list)
+    ready: bool = False  # once healthz answered, only the process is watched
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalLauncher:
+    def __init__(self, cpu_slots: int, threads: int = 1, hardware: LocalHardware | None = None) -> None:
+        self.cpu_slots = cpu_slots
+        self.threads = threads
+        self.hardware = hardware or detect()
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()
+        self._http = httpx.Client(timeout=2.0)
+
+    def check(self, placement: Placement) -> None:
+        needed = f"the shape needs {placement.describe()}"
+        if placement.nodes > 1:
+            raise FailedPrecondition(
+                f"{needed}; the local launcher runs on one machine. Run multi-node shapes with a cluster launcher"
+            )
+        if placement.replicas > 1:
+            raise FailedPrecondition(
+                f"trainerReplicaCount {placement.replicas}: the local launcher runs one trainer replica per job"
+            )
+        if placement.accelerator.kind == DeviceKind.CPU:
+            if placement.memory_gib > self.hardware.memory_gib:
+                raise FailedPrecondition(
+                    f"{needed} with {placement.memory_gib:.1f} GiB of memory; this machine has "
+                    f"{self.hardware.memory_gib:.1f} GiB"
+                )
+            return
+        name = placement.accelerator.display_name or placement.accelerator.accelerator_type
+        matching = [gpu for gpu in self.hardware.gpus_of(name) if gpu.memory_gib >= placement.memory_gib]
+        if len(matching) < placement.count:
+            found = ", ".join(gpu.name for gpu in self.hardware.gpus) or "no CUDA devices"
+            raise FailedPrecondition(
+                f"{needed}; this machine has {len(matching)} matching device(s) ({found}). "
+                "A GPU shape never runs on the CPU instead"
+            )
+
+    def _free_gpus(self, placement: Placement) -> list[int]:
+        taken = {index for worker in self._workers.values() for index in worker.gpus}
+        name = placement.accelerator.display_name or placement.accelerator.accelerator_type
+        return [gpu.index for gpu in self.hardware.gpus_of(name) if gpu.index not in taken]
+
+    def _cpu_workers(self) -> int:
+        return sum(1 for worker in self._workers.values() if worker.kind == DeviceKind.CPU)
+
+    def has_capacity(self, placement: Placement) -> bool:
+        with self._lock:
+            if placement.accelerator.kind == DeviceKind.CPU:
+                return self._cpu_workers() < self.cpu_slots
+            return len(self._free_gpus(placement)) >= placement.count
+
+    def capacity_message(self, placement: Placement) -> str:
+        if placement.accelerator.kind == DeviceKind.CPU:
+            return f"waiting for a CPU worker slot ({self._cpu_workers()} of {self.cpu_slots} in use)"
+        return f"waiting for {placement.describe()} to be free"
+
+    def start(self, name: str, spec: TrainerWorkerSpec, placement: Placement) -> None:
+        with self._lock:
+            gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
+            spec = spec.model_copy(
+                update={
+                    "port": free_port(),
+                    "token": secrets.token_hex(16),
+                    "threads": self.threads,
+                    "device": "cpu" if not gpus else "cuda",
+                }
+            )
+            spec.job_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = spec.job_dir / "worker-spec.json"
+            spec_path.write_text(spec.model_dump_json(indent=2))
+            log_path = spec.job_dir / "worker.log"
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": str(self.threads),
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+            }
+            with log_path.open("a") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "shapeyard.trainer.worker", "--spec", str(spec_path)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=spec.job_dir,
+                )
+            endpoint = Endpoint(f"http://{spec.host}:{spec.port}", spec.token)
+            self._workers[name] = _Worker(process, endpoint, log_path, placement.accelerator.kind, gpus)
+        log.info("started worker for %s (pid %d, %s)", name, process.pid, endpoint.url)
+
+    def status(self, name: str) -> WorkerStatus | None:
+        worker = self._workers.get(name)
+        if worker is None:
+            return None
+        code = worker.process.poll()
+        if code is not None:
+            return WorkerStatus(WorkerState.EXITED, f"worker exited with code {code}:\n{log_tail(worker.log_path)}")
+        if not worker.ready:
+            try:
+                response = self._http.get(
+                    f"{worker.endpoint.url}/api/v1/healthz", headers={WORKER_TOKEN_HEADER: worker.endpoint.token}
+                )
+                worker.ready = response.status_code == 200
+            except httpx.HTTPError:
+                pass
+        return WorkerStatus(WorkerState.READY if worker.ready else WorkerState.STARTING)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        worker = self._workers.get(name)
+        return worker.endpoint if worker else None
+
+    def stop(self, name: str) -> None:
+        with self._lock:
+            worker = self._workers.pop(name, None)
+        if worker is None:
+            return
+        worker.process.terminate()
+        try:
+            worker.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        log.info("stopped worker for %s", name)
+
+    def close(self) -> None:
+        for name in list(self._workers):
+            self.stop(name)
+        self._http.close()

@@ -1,0 +1,419 @@
+"""The model backend: the math behind the trainer protocol.
+
+One base model per worker. On it live the job's models: the full model itself (full-parameter training), LoRA
+adapters (peft, one per model id, each with its own optimizer), and frozen views (forward-only jobs, and base-only
+references that run with the adapter disabled). Every request is validated before anything is computed, and a
+forward_backward that fails midway puts the gradients back as they were, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound
+from shapeyard.trainer.checkpoints import CheckpointStore
+from shapeyard.trainer.losses import LossSpec, loss_spec, resolve_config
+from shapeyard.wire.trainer import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    GradNormalization,
+    LoraConfig,
+    TensorData,
+)
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+# Logits of one micro-batch stay under 2**26 floats (256 MiB); longer batches are split and accumulated.
+LOGITS_BUDGET = 2**26
+INT_INPUTS = frozenset({"target_tokens"})
+KNOWN_INPUTS = frozenset({"target_tokens", "weights", "logprobs", "advantages"})
+
+
+class ModelKind(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+    FROZEN = "frozen"
+
+
+@dataclass
+class Slot:
+    """One model id: what it trains and what it has accumulated since its last optim_step."""
+
+    model_id: str
+    kind: ModelKind
+    adapter: str | None = None
+    lora: LoraConfig | None = None
+    optimizer: torch.optim.AdamW | None = None
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    loss_tokens: int = 0
+    loss_sequences: int = 0
+    steps: int = 0
+
+
+@dataclass
+class Prepared:
+    """One validated datum, as tensors."""
+
+    tokens: list[int]
+    inputs: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    base_model: str
+    model_path: str
+    device: str
+    max_context_length: int
+    lora_rank: int  # the job's rank: 0 for full-parameter and forward-only jobs
+    max_lora_rank: int
+    forward_only: bool
+    activation_checkpointing: bool
+    job_dir: Path
+    seed: int = 0
+
+
+class TrainerBackend:
+    def __init__(self, config: BackendConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.config = config
+        self.base = model
+        self.tokenizer = tokenizer
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.peft: PeftModel | None = None
+        self.slots: dict[str, Slot] = {}
+        self.checkpoints = CheckpointStore(config.job_dir)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if config.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train(config.activation_checkpointing)  # checkpointing runs in train mode; no dropout either way
+
+    # --- models ----------------------------------------------------------------------------------------
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.peft if self.peft is not None else self.base
+
+    def slot(self, model_id: str) -> Slot:
+        if model_id not in self.slots:
+            raise NotFound(f"model_id {model_id!r} is not loaded on this trainer")
+        return self.slots[model_id]
+
+    def create_model(self, lora: LoraConfig | None, base_only: bool) -> Slot:
+        rank = lora.rank if lora else 0
+        model_id = f"model-{len(self.slots) + 1}-{secrets.token_hex(3)}"
+        if base_only or self.config.forward_only:
+            if base_only and any(s.kind == ModelKind.FULL for s in self.slots.values()):
+                raise FailedPrecondition(
+                    "base_only needs a LoRA or forward-only trainer: this full-parameter trainer changes its base "
+                    "weights; run the reference as a separate forward-only job"
+                )
+            if self.config.forward_only and rank not in (0, self.config.lora_rank):
+                raise InvalidArgument(
+                    f"lora_config.rank {rank} disagrees with the job's loraRank {self.config.lora_rank}"
+                )
+            slot = Slot(model_id, ModelKind.FROZEN)
+        elif rank != self.config.lora_rank:
+            raise InvalidArgument(
+                f"lora_config.rank {rank} disagrees with the job's loraRank {self.config.lora_rank}: "
+                + (
+                    "this is a full-parameter trainer, send rank 0"
+                    if self.config.lora_rank == 0
+                    else f"send rank {self.config.lora_rank}"
+                )
+            )
+        elif rank == 0:
+            if any(s.kind == ModelKind.FULL for s in self.slots.values()):
+                raise FailedPrecondition("this trainer already holds its full-parameter model; unload it first")
+            slot = Slot(model_id, ModelKind.FULL, params=list(self.base.parameters()))
+            for param in slot.params:
+                param.requires_grad_(True)
+        else:
+            slot = self._add_adapter(model_id, lora)
+        if slot.params:
+            slot.optimizer = torch.optim.AdamW(slot.params, lr=1e-4, foreach=False)
+        self.slots[model_id] = slot
+        return slot
+
+    def _add_adapter(self, model_id: str, lora: LoraConfig) -> Slot:
+        targets = [*(ATTENTION_MODULES if lora.train_attn else ()), *(MLP_MODULES if lora.train_mlp else ())]
+        if lora.train_unembed:
+            targets.append("lm_head")
+        if not targets:
+            raise InvalidArgument("lora_config trains nothing: set one of train_attn, train_mlp, train_unembed")
+        peft_config = PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha if lora.alpha is not None else 32,
+            target_modules=targets,
+            lora_dropout=0.0,
+            bias="none",
+        )
+        adapter = f"a{len(self.slots) + 1}"
+        torch.manual_seed(lora.seed if lora.seed is not None else self.config.seed)
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, peft_config, adapter_name=adapter)
+        else:
+            self.peft.add_adapter(adapter, peft_config)
+        params = [p for name, p in self.peft.named_parameters() if f".{adapter}." in name]
+        for param in params:
+            param.requires_grad_(True)
+        return Slot(model_id, ModelKind.LORA, adapter=adapter, lora=lora, params=params)
+
+    def unload(self, model_id: str) -> None:
+        slot = self.slots.pop(self.slot(model_id).model_id)
+        if slot.kind == ModelKind.LORA and self.peft is not None:
+            self.peft.delete_adapter(slot.adapter)
+        for param in slot.params:
+            param.grad = None
+            param.requires_grad_(False)
+
+    # --- validation ------------------------------------------------------------------------------------
+
+    def prepare(self, data: list[Datum], spec: LossSpec, loss_fn: str) -> list[Prepared]:
+        if not data:
+            raise InvalidArgument("data is empty: send at least one Datum")
+        prepared = []
+        for index, datum in enumerate(data):
+            tokens = datum.model_input.to_ints()
+            where = f"datum {index}"
+            if not tokens:
+                raise InvalidArgument(f"{where} has no tokens")
+            if len(tokens) > self.config.max_context_length:
+                raise InvalidArgument(
+                    f"{where} has {len(tokens)} tokens; the shape's maxSupportedContextLength is "
+                    f"{self.config.max_context_length}"
+                )
+            self._check_token_ids(tokens, f"{where} model_input")
+            unknown = set(datum.loss_fn_inputs) - KNOWN_INPUTS
+            missing = [key for key in spec.required if key not in datum.loss_fn_inputs]
+            if unknown:
+                raise InvalidArgument(f"{where}: loss_fn_inputs {sorted(unknown)} are not used by any built-in loss")
+            if missing:
+                raise InvalidArgument(f"loss_fn {loss_fn} needs loss_fn_inputs {missing} ({where} lacks them)")
+            inputs = {}
+            for key, tensor in datum.loss_fn_inputs.items():
+                if key not in spec.required and key not in spec.optional:
+                    raise InvalidArgument(f"{where}: loss_fn {loss_fn} does not take loss_fn_inputs[{key!r}]")
+                inputs[key] = self._tensor(key, tensor, len(tokens), where)
+            prepared.append(Prepared(tokens, inputs))
+        return prepared
+
+    def _check_token_ids(self, values: list[int] | list[float], where: str) -> None:
+        bad = next((v for v in values if not float(v).is_integer() or not 0 <= v < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidArgument(f"{where}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+
+    def _tensor(self, key: str, tensor: TensorData, length: int, where: str) -> Tensor:
+        values = tensor.to_list()
+        if len(values) != length:
+            raise InvalidArgument(
+                f"{where}: loss_fn_inputs[{key!r}] has {len(values)} values; the datum has {length} positions"
+            )
+        if key in INT_INPUTS:
+            self._check_token_ids(values, f"{where} {key}")
+            return torch.tensor(values, dtype=torch.long, device=self.config.device)
+        if not all(math.isfinite(v) for v in values):
+            raise InvalidArgument(f"{where}: loss_fn_inputs[{key!r}] contains NaN or infinity")
+        return torch.tensor(values, dtype=torch.float32, device=self.config.device)
+
+    # --- forward and backward ------------------------------------------------------------------------
+
+    def _micro_batches(self, data: list[Prepared]) -> Iterator[list[tuple[int, Prepared]]]:
+        budget = max(LOGITS_BUDGET // self.vocab_size, 1)
+        batch: list[tuple[int, Prepared]] = []
+        longest = 0
+        for index, item in enumerate(data):
+            longest_after = max(longest, len(item.tokens))
+            if batch and longest_after * (len(batch) + 1) > budget:
+                yield batch
+                batch, longest_after = [], len(item.tokens)
+            batch.append((index, item))
+            longest = longest_after
+        if batch:
+            yield batch
+
+    def _target_logprobs(self, slot: Slot, batch: list[tuple[int, Prepared]]) -> list[Tensor]:
+        width = max(len(item.tokens) for _, item in batch)
+        device = self.config.device
+        ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        targets = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        for row, (_, item) in enumerate(batch):
+            n = len(item.tokens)
+            ids[row, :n] = torch.tensor(item.tokens, device=device)
+            mask[row, :n] = 1
+            targets[row, :n] = item.inputs["target_tokens"]
+        logits = self._run(slot, ids, mask)
+        logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        return [logp[row, : len(item.tokens)] for row, (_, item) in enumerate(batch)]
+
+    def _run(self, slot: Slot, ids: Tensor, mask: Tensor) -> Tensor:
+        if slot.kind == ModelKind.LORA:
+            self.peft.set_adapter(slot.adapter)
+            return self.peft(input_ids=ids, attention_mask=mask).logits
+        if self.peft is not None:
+            with self.peft.disable_adapter():
+                return self.peft(input_ids=ids, attention_mask=mask).logits
+        return self.base(input_ids=ids, attention_mask=mask).logits
+
+    def forward(
+        self, model_id: str, data: list[Datum], loss_fn: str, loss_fn_config: dict[str, Any] | None, backward: bool
+    ) -> ForwardBackwardOutput:
+        slot = self.slot(model_id)
+        spec = loss_spec(loss_fn)
+        config = resolve_config(loss_fn, loss_fn_config)
+        if backward and slot.kind == ModelKind.FROZEN:
+            raise FailedPrecondition(
+                f"model {model_id} is forward-only (a reference or forward-only job): it has no gradients or "
+                "optimizer; use forward"
+            )
+        prepared = self.prepare(data, spec, loss_fn)
+        outputs: list[dict[str, TensorData] | None] = [None] * len(prepared)
+        total = 0.0
+        saved = [param.grad for param in slot.params]
+        for param in slot.params:
+            param.grad = None
+        try:
+            with torch.set_grad_enabled(backward):
+                for batch in self._micro_batches(prepared):
+                    logps = self._target_logprobs(slot, batch)
+                    losses = [spec.fn(logp, item.inputs, config) for logp, (_, item) in zip(logps, batch, strict=True)]
+                    loss = torch.stack([token_loss.sum() for token_loss in losses]).sum()
+                    if not torch.isfinite(loss):
+                        raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
+                    if backward:
+                        loss.backward()
+                    total += loss.item()
+                    for logp, token_loss, (index, _) in zip(logps, losses, batch, strict=True):
+                        outputs[index] = {
+                            "logprobs": TensorData.from_list(logp.detach().float().cpu().tolist(), "float32"),
+                            "elementwise_loss": TensorData.from_list(
+                                token_loss.detach().float().cpu().tolist(), "float32"
+                            ),
+                        }
+            if backward and not all(p.grad is None or torch.isfinite(p.grad).all() for p in slot.params):
+                raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
+        except BaseException:
+            for param, grad in zip(slot.params, saved, strict=True):
+                param.grad = grad
+            raise
+        if backward:
+            for param, grad in zip(slot.params, saved, strict=True):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad.add_(grad)
+            masks = [spec.loss_mask(item.inputs, len(item.tokens)) for item in prepared]
+            slot.loss_tokens += int(sum(int(m.sum()) for m in masks))
+            slot.loss_sequences += sum(1 for m in masks if bool(m.any()))
+        metrics = {"loss:sum": total}
+        if loss_fn == "cross_entropy":
+            metrics["response_tokens:sum"] = float(
+                sum(int(spec.loss_mask(item.inputs, len(item.tokens)).sum()) for item in prepared)
+            )
+        return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
+
+    # --- optimizer -----------------------------------------------------------------------------------
+
+    def optim_step(self, model_id: str, adam: AdamParams, normalization: GradNormalization | None) -> dict[str, float]:
+        slot = self.slot(model_id)
+        if slot.optimizer is None:
+            raise FailedPrecondition(f"model {model_id} is forward-only: it has no optimizer to step")
+        divisor = {
+            GradNormalization.NUM_LOSS_TOKENS: slot.loss_tokens,
+            GradNormalization.NUM_SEQUENCES: slot.loss_sequences,
+        }.get(normalization, 1)
+        grads = [param.grad for param in slot.params if param.grad is not None]
+        if divisor > 1:
+            for grad in grads:
+                grad.div_(divisor)
+        max_norm = adam.grad_clip_norm if adam.grad_clip_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(slot.params, max_norm, foreach=False)) if grads else 0.0
+        for group in slot.optimizer.param_groups:
+            group.update(
+                lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps, weight_decay=adam.weight_decay
+            )
+        slot.optimizer.step()
+        slot.optimizer.zero_grad(set_to_none=True)
+        slot.steps += 1
+        slot.loss_tokens = slot.loss_sequences = 0
+        return {"grad_norm": grad_norm, "learning_rate": adam.learning_rate, "step": float(slot.steps)}
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def _trainable_state(self, slot: Slot) -> dict[str, Tensor]:
+        if slot.kind == ModelKind.LORA:
+            return get_peft_model_state_dict(self.peft, adapter_name=slot.adapter)
+        return {name: param for name, param in self.base.named_parameters()}
+
+    def save_state(self, model_id: str, name: str) -> str:
+        slot = self.slot(model_id)
+        if slot.kind == ModelKind.FROZEN:
+            raise FailedPrecondition(f"model {model_id} is forward-only: it has no trainable state to save")
+        meta = {
+            "kind": slot.kind.value,
+            "rank": slot.lora.rank if slot.lora else 0,
+            "steps": slot.steps,
+            "base_model": self.config.base_model,
+            "loss_tokens": slot.loss_tokens,
+            "loss_sequences": slot.loss_sequences,
+        }
+        self.checkpoints.save_training(name, self._trainable_state(slot), slot.optimizer.state_dict(), meta)
+        return name
+
+    def load_state(self, model_id: str, directory: Path, with_optimizer: bool) -> None:
+        slot = self.slot(model_id)
+        if slot.kind == ModelKind.FROZEN:
+            raise FailedPrecondition(f"model {model_id} is forward-only: it cannot load trainable state")
+        weights, optimizer, meta = self.checkpoints.load_training(directory, with_optimizer)
+        rank = slot.lora.rank if slot.lora else 0
+        if meta["kind"] != slot.kind.value or meta["rank"] != rank or meta["base_model"] != self.config.base_model:
+            raise FailedPrecondition(
+                f"checkpoint {directory.name} holds a {meta['kind']} rank-{meta['rank']} state of "
+                f"{meta['base_model']}; model {model_id} is {slot.kind.value} rank-{rank} of {self.config.base_model}"
+            )
+        with torch.no_grad():
+            if slot.kind == ModelKind.LORA:
+                set_peft_model_state_dict(self.peft, weights, adapter_name=slot.adapter)
+            else:
+                params = dict(self.base.named_parameters())
+                if set(params) != set(weights):
+                    raise FailedPrecondition(f"checkpoint {directory.name} does not match this model's parameters")
+                for name, param in params.items():
+                    param.copy_(weights[name])
+        for param in slot.params:
+            param.grad = None
+        slot.optimizer = torch.optim.AdamW(slot.params, lr=1e-4, foreach=False)
+        if optimizer is not None:
+            slot.optimizer.load_state_dict(optimizer)
+            slot.steps = meta["steps"]
+
+    def save_for_sampler(self, model_id: str, name: str) -> Path:
+        """An HF directory (full weights) or a PEFT adapter directory that plain transformers / peft load."""
+        slot = self.slot(model_id)
+        target = self.checkpoints.sampler_dir(name)
+        staging = target.with_name(f".{target.name}.staging")
+        if slot.kind == ModelKind.LORA:
+            self.peft.save_pretrained(staging, selected_adapters=[slot.adapter])
+            nested = staging / slot.adapter
+            for item in nested.iterdir():
+                item.rename(staging / item.name)
+            nested.rmdir()
+        else:
+            self.base.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return target

@@ -1,0 +1,282 @@
+"""Trainer-protocol wire schema (snake_case JSON), the Tinker 0.23 contract the official clients speak.
+
+Shared by the trainer worker, the control plane's gateway and `shapeyard.client`. Requests ignore fields they do
+not know (clients add optional keys over versions); responses carry every field the clients require.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shapeyard.errors import InvalidArgument
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+class TensorData(WireModel):
+    data: list[float] | list[int]
+    dtype: Literal["int64", "float32"]
+    shape: list[int] | None = None
+    sparse_crow_indices: list[int] | None = None
+    sparse_col_indices: list[int] | None = None
+
+    @classmethod
+    def from_list(cls, values: list[float] | list[int], dtype: Literal["int64", "float32"]) -> TensorData:
+        return cls(data=values, dtype=dtype, shape=[len(values)])
+
+    def to_list(self) -> list[float]:
+        """Dense, flat values. CSR-sparse tensors (as the SDK sends 2-D inputs) are expanded."""
+        if self.sparse_crow_indices is None:
+            return list(self.data)
+        if not self.shape or len(self.shape) != 2 or self.sparse_col_indices is None:
+            raise InvalidArgument("a sparse TensorData needs a 2-D shape and sparse_col_indices")
+        rows, cols = self.shape
+        dense = [0.0] * (rows * cols)
+        for row in range(rows):
+            for index in range(self.sparse_crow_indices[row], self.sparse_crow_indices[row + 1]):
+                dense[row * cols + self.sparse_col_indices[index]] = self.data[index]
+        return dense
+
+
+class EncodedTextChunk(WireModel):
+    type: Literal["encoded_text"] = "encoded_text"
+    tokens: list[int]
+
+
+class ImageChunk(WireModel):
+    type: Literal["image", "image_asset_pointer", "dmel"]
+
+
+class ModelInput(WireModel):
+    chunks: list[EncodedTextChunk | ImageChunk]
+
+    @classmethod
+    def from_ints(cls, tokens: list[int]) -> ModelInput:
+        return cls(chunks=[EncodedTextChunk(tokens=tokens)])
+
+    def to_ints(self) -> list[int]:
+        tokens: list[int] = []
+        for chunk in self.chunks:
+            if not isinstance(chunk, EncodedTextChunk):
+                raise InvalidArgument(f"{chunk.type} chunks are not supported: this trainer takes encoded_text only")
+            tokens += chunk.tokens
+        return tokens
+
+    @property
+    def length(self) -> int:
+        return len(self.to_ints())
+
+
+class Datum(WireModel):
+    model_input: ModelInput
+    loss_fn_inputs: dict[str, TensorData] = Field(default_factory=dict)
+
+
+class ForwardBackwardInput(WireModel):
+    data: list[Datum]
+    loss_fn: str
+    loss_fn_config: dict[str, Any] | None = None
+
+
+class ForwardBackwardOutput(WireModel):
+    loss_fn_output_type: str = "ArrayRecord"
+    loss_fn_outputs: list[dict[str, TensorData]]
+    metrics: dict[str, float]
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+class LoraConfig(WireModel):
+    rank: int
+    alpha: float | None = None
+    seed: int | None = None
+    init_method: str | None = None
+    train_unembed: bool = True
+    train_mlp: bool = True
+    train_attn: bool = True
+
+
+class CreateSessionRequest(WireModel):
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, Any] | None = None
+    sdk_version: str = ""
+
+
+class SessionHeartbeatRequest(WireModel):
+    session_id: str
+
+
+class CreateModelRequest(WireModel):
+    session_id: str
+    model_seq_id: int = 0
+    base_model: str
+    lora_config: LoraConfig | None = None
+    base_only: bool = False
+    user_metadata: dict[str, Any] | None = None
+
+
+class ModelRequest(WireModel):
+    model_id: str
+
+
+class ForwardRequest(WireModel):
+    forward_input: ForwardBackwardInput
+    model_id: str
+    seq_id: int | None = None
+
+
+class ForwardBackwardRequest(WireModel):
+    forward_backward_input: ForwardBackwardInput
+    model_id: str
+    seq_id: int | None = None
+
+
+class AdamParams(WireModel):
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+    @field_validator("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("must be a finite, non-negative number")
+        return value
+
+
+class GradNormalization(StrEnum):
+    NUM_LOSS_TOKENS = "num_loss_tokens"
+    NUM_SEQUENCES = "num_sequences"
+    NONE = "none"
+
+
+class OptimStepRequest(WireModel):
+    adam_params: AdamParams
+    model_id: str
+    seq_id: int | None = None
+    grad_accumulation_normalization: GradNormalization | None = None
+
+
+class SaveWeightsRequest(WireModel):
+    model_id: str
+    path: str | None = None
+    seq_id: int | None = None
+
+
+class SaveWeightsForSamplerRequest(WireModel):
+    model_id: str
+    path: str | None = None
+    seq_id: int | None = None
+    sampling_session_seq_id: int | None = None
+    checkpoint_type: str | None = None
+
+
+class LoadWeightsRequest(WireModel):
+    model_id: str
+    path: str
+    optimizer: bool = False
+    seq_id: int | None = None
+
+
+class RetrieveFutureRequest(WireModel):
+    request_id: str
+    allow_metadata_only: bool = False
+
+
+# --- responses -------------------------------------------------------------------------------------------
+
+
+class UntypedFuture(WireModel):
+    request_id: str
+    model_id: str | None = None
+
+
+class TryAgain(WireModel):
+    type: Literal["try_again"] = "try_again"
+    request_id: str
+    queue_state: Literal["active", "paused_capacity", "paused_rate_limit"] = "active"
+
+
+class ErrorCategory(StrEnum):
+    USER = "user"
+    SERVER = "server"
+    UNKNOWN = "unknown"
+
+
+class RequestFailed(WireModel):
+    error: str
+    category: ErrorCategory
+
+
+class CreateSessionResponse(WireModel):
+    type: Literal["create_session"] = "create_session"
+    session_id: str
+    info_message: str | None = None
+
+
+class CreateModelResponse(WireModel):
+    type: Literal["create_model"] = "create_model"
+    model_id: str
+    comms: str = "v1"
+
+
+class ModelData(WireModel):
+    arch: str | None = None
+    model_name: str | None = None
+    tokenizer_id: str | None = None
+
+
+class GetInfoResponse(WireModel):
+    type: Literal["get_info"] = "get_info"
+    model_id: str
+    model_data: ModelData
+    is_lora: bool | None = None
+    lora_rank: int | None = None
+    model_name: str | None = None
+
+
+class OptimStepResponse(WireModel):
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class PathResponse(WireModel):
+    path: str
+
+
+class SaveWeightsForSamplerResponse(WireModel):
+    path: str | None = None
+    sampling_session_id: str | None = None
+
+
+class UnloadModelResponse(WireModel):
+    type: Literal["unload_model"] = "unload_model"
+    model_id: str
+
+
+class SupportedModel(WireModel):
+    model_name: str
+    max_context_length: int
+
+
+class ServerCapabilities(WireModel):
+    supported_models: list[SupportedModel]
+
+
+class ListCheckpointsResponse(WireModel):
+    checkpoints: list[str]
