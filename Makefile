@@ -13,6 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
+	$(BIN)/python -m shapeyard.models.tiny  # build and pre-train the embedded tiny model once (about a minute)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +52,7 @@ class ControlPlane:
     catalog: Catalog
     bootstrap: BootstrapKeys
     launcher: Launcher
+    worker_http: httpcore.AsyncConnectionPool | None = None  # set while the app runs (see create_app)
 
     @classmethod
     def open(cls, settings: ServerSettings) -> ControlPlane:
@@ -118,9 +120,11 @@ def create_app(control: ControlPlane) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        control.worker_http = gateway.worker_client()
         supervisor.start()
         yield
         supervisor.stop()
+        await control.worker_http.aclose()
 
     app = FastAPI(
         title="shapeyard",

@@ -8,6 +8,7 @@ forward_backward that fails midway puts the gradients back as they were, so bad 
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 import shutil
@@ -52,9 +53,9 @@ class ModelKind(StrEnum):
 
 @dataclass
 class Slot:
-    """One model id: what it trains and what it has accumulated since its last optim_step."""
+    """What a model id trains, and what it has accumulated since its last optim_step. Clients re-attaching to a
+    full-parameter trainer get new model ids for the same slot."""
 
-    model_id: str
     kind: ModelKind
     adapter: str | None = None
     lora: LoraConfig | None = None
@@ -69,7 +70,7 @@ class Slot:
 class Prepared:
     """One validated datum, as tensors."""
 
-    tokens: list[int]
+    tokens: Tensor  # int64, one per position
     inputs: dict[str, Tensor]
 
 
@@ -95,6 +96,7 @@ class TrainerBackend:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.peft: PeftModel | None = None
         self.slots: dict[str, Slot] = {}
+        self._ids = itertools.count(1)
         self.checkpoints = CheckpointStore(config.job_dir)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -113,9 +115,9 @@ class TrainerBackend:
             raise NotFound(f"model_id {model_id!r} is not loaded on this trainer")
         return self.slots[model_id]
 
-    def create_model(self, lora: LoraConfig | None, base_only: bool) -> Slot:
+    def create_model(self, lora: LoraConfig | None, base_only: bool) -> tuple[str, Slot]:
         rank = lora.rank if lora else 0
-        model_id = f"model-{len(self.slots) + 1}-{secrets.token_hex(3)}"
+        model_id = f"model-{next(self._ids)}-{secrets.token_hex(3)}"
         if base_only or self.config.forward_only:
             if base_only and any(s.kind == ModelKind.FULL for s in self.slots.values()):
                 raise FailedPrecondition(
@@ -126,7 +128,7 @@ class TrainerBackend:
                 raise InvalidArgument(
                     f"lora_config.rank {rank} disagrees with the job's loraRank {self.config.lora_rank}"
                 )
-            slot = Slot(model_id, ModelKind.FROZEN)
+            slot = Slot(ModelKind.FROZEN)
         elif rank != self.config.lora_rank:
             raise InvalidArgument(
                 f"lora_config.rank {rank} disagrees with the job's loraRank {self.config.lora_rank}: "
@@ -137,19 +139,21 @@ class TrainerBackend:
                 )
             )
         elif rank == 0:
-            if any(s.kind == ModelKind.FULL for s in self.slots.values()):
-                raise FailedPrecondition("this trainer already holds its full-parameter model; unload it first")
-            slot = Slot(model_id, ModelKind.FULL, params=list(self.base.parameters()))
+            full = next((s for s in self.slots.values() if s.kind == ModelKind.FULL), None)
+            if full is not None:  # a client re-attaching: it continues the same weights and optimizer
+                self.slots[model_id] = full
+                return model_id, full
+            slot = Slot(ModelKind.FULL, params=list(self.base.parameters()))
             for param in slot.params:
                 param.requires_grad_(True)
         else:
-            slot = self._add_adapter(model_id, lora)
+            slot = self._add_adapter(lora)
         if slot.params:
             slot.optimizer = torch.optim.AdamW(slot.params, lr=1e-4, foreach=False)
         self.slots[model_id] = slot
-        return slot
+        return model_id, slot
 
-    def _add_adapter(self, model_id: str, lora: LoraConfig) -> Slot:
+    def _add_adapter(self, lora: LoraConfig) -> Slot:
         targets = [*(ATTENTION_MODULES if lora.train_attn else ()), *(MLP_MODULES if lora.train_mlp else ())]
         if lora.train_unembed:
             targets.append("lm_head")
@@ -162,7 +166,7 @@ class TrainerBackend:
             lora_dropout=0.0,
             bias="none",
         )
-        adapter = f"a{len(self.slots) + 1}"
+        adapter = f"adapter-{next(self._ids)}"
         torch.manual_seed(lora.seed if lora.seed is not None else self.config.seed)
         if self.peft is None:
             self.peft = get_peft_model(self.base, peft_config, adapter_name=adapter)
@@ -171,10 +175,13 @@ class TrainerBackend:
         params = [p for name, p in self.peft.named_parameters() if f".{adapter}." in name]
         for param in params:
             param.requires_grad_(True)
-        return Slot(model_id, ModelKind.LORA, adapter=adapter, lora=lora, params=params)
+        return Slot(ModelKind.LORA, adapter=adapter, lora=lora, params=params)
 
     def unload(self, model_id: str) -> None:
-        slot = self.slots.pop(self.slot(model_id).model_id)
+        slot = self.slot(model_id)
+        del self.slots[model_id]
+        if slot in self.slots.values():  # another client still uses it
+            return
         if slot.kind == ModelKind.LORA and self.peft is not None:
             self.peft.delete_adapter(slot.adapter)
         for param in slot.params:
@@ -197,7 +204,7 @@ class TrainerBackend:
                     f"{where} has {len(tokens)} tokens; the shape's maxSupportedContextLength is "
                     f"{self.config.max_context_length}"
                 )
-            self._check_token_ids(tokens, f"{where} model_input")
+            token_ids = self._token_ids(tokens, f"{where} model_input")
             unknown = set(datum.loss_fn_inputs) - KNOWN_INPUTS
             missing = [key for key in spec.required if key not in datum.loss_fn_inputs]
             if unknown:
@@ -209,13 +216,16 @@ class TrainerBackend:
                 if key not in spec.required and key not in spec.optional:
                     raise InvalidArgument(f"{where}: loss_fn {loss_fn} does not take loss_fn_inputs[{key!r}]")
                 inputs[key] = self._tensor(key, tensor, len(tokens), where)
-            prepared.append(Prepared(tokens, inputs))
+            prepared.append(Prepared(token_ids, inputs))
         return prepared
 
-    def _check_token_ids(self, values: list[int] | list[float], where: str) -> None:
-        bad = next((v for v in values if not float(v).is_integer() or not 0 <= v < self.vocab_size), None)
-        if bad is not None:
+    def _token_ids(self, values: list[int] | list[float], where: str) -> Tensor:
+        tensor = torch.tensor(values)
+        integral = not tensor.is_floating_point() or bool((tensor == tensor.round()).all())
+        if not integral or bool(tensor.min() < 0) or bool(tensor.max() >= self.vocab_size):
+            bad = next(v for v in values if not float(v).is_integer() or not 0 <= v < self.vocab_size)
             raise InvalidArgument(f"{where}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return tensor.long().to(self.config.device)
 
     def _tensor(self, key: str, tensor: TensorData, length: int, where: str) -> Tensor:
         values = tensor.to_list()
@@ -224,11 +234,11 @@ class TrainerBackend:
                 f"{where}: loss_fn_inputs[{key!r}] has {len(values)} values; the datum has {length} positions"
             )
         if key in INT_INPUTS:
-            self._check_token_ids(values, f"{where} {key}")
-            return torch.tensor(values, dtype=torch.long, device=self.config.device)
-        if not all(math.isfinite(v) for v in values):
+            return self._token_ids(values, f"{where} {key}")
+        tensor = torch.tensor(values, dtype=torch.float32, device=self.config.device)
+        if not bool(torch.isfinite(tensor).all()):
             raise InvalidArgument(f"{where}: loss_fn_inputs[{key!r}] contains NaN or infinity")
-        return torch.tensor(values, dtype=torch.float32, device=self.config.device)
+        return tensor
 
     # --- forward and backward ------------------------------------------------------------------------
 
@@ -254,14 +264,15 @@ class TrainerBackend:
         targets = torch.zeros(len(batch), width, dtype=torch.long, device=device)
         for row, (_, item) in enumerate(batch):
             n = len(item.tokens)
-            ids[row, :n] = torch.tensor(item.tokens, device=device)
+            ids[row, :n] = item.tokens
             mask[row, :n] = 1
             targets[row, :n] = item.inputs["target_tokens"]
-        logits = self._run(slot, ids, mask)
+        # Equal lengths need no padding mask; without one, attention takes its faster causal path.
+        logits = self._run(slot, ids, None if bool(mask.all()) else mask)
         logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
         return [logp[row, : len(item.tokens)] for row, (_, item) in enumerate(batch)]
 
-    def _run(self, slot: Slot, ids: Tensor, mask: Tensor) -> Tensor:
+    def _run(self, slot: Slot, ids: Tensor, mask: Tensor | None) -> Tensor:
         if slot.kind == ModelKind.LORA:
             self.peft.set_adapter(slot.adapter)
             return self.peft(input_ids=ids, attention_mask=mask).logits
@@ -298,14 +309,12 @@ class TrainerBackend:
                     if backward:
                         loss.backward()
                     total += loss.item()
-                    for logp, token_loss, (index, _) in zip(logps, losses, batch, strict=True):
+                    for logp, (index, _) in zip(logps, batch, strict=True):
                         outputs[index] = {
-                            "logprobs": TensorData.from_list(logp.detach().float().cpu().tolist(), "float32"),
-                            "elementwise_loss": TensorData.from_list(
-                                token_loss.detach().float().cpu().tolist(), "float32"
-                            ),
+                            "logprobs": TensorData.from_list(logp.detach().float().cpu().tolist(), "float32")
                         }
-            if backward and not all(p.grad is None or torch.isfinite(p.grad).all() for p in slot.params):
+            grads = [p.grad for p in slot.params if p.grad is not None]
+            if backward and grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
                 raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
         except BaseException:
             for param, grad in zip(slot.params, saved, strict=True):

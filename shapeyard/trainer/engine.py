@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -37,11 +36,15 @@ class _ModelQueue:
     waiting: dict[int, tuple[str, Work]] = field(default_factory=dict)
 
 
+def _failure(message: str, category: ErrorCategory) -> bytes:
+    return json.dumps(RequestFailed(error=message, category=category).model_dump(mode="json")).encode()
+
+
 class Engine:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ready: queue.Queue[tuple[str, Work] | None] = queue.Queue()
-        self._futures: dict[str, Future[dict[str, Any]]] = {}
+        self._futures: dict[str, Future[bytes]] = {}
         self._done_at: dict[str, float] = {}
         self._queues: dict[str, _ModelQueue] = {}
         self._seen: dict[tuple[str, int], str] = {}
@@ -76,8 +79,8 @@ class Engine:
         with self._lock:
             return request_id in self._futures
 
-    async def wait(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        """The result of a request, or None if it is still running after `timeout` seconds."""
+    async def wait(self, request_id: str, timeout: float) -> bytes | None:
+        """The JSON result of a request, or None if it is still running after `timeout` seconds."""
         with self._lock:
             future = self._futures[request_id]
         try:
@@ -92,18 +95,15 @@ class Engine:
                 return
             request_id, work = item
             try:
-                result = work().model_dump(mode="json", exclude_none=True)
-                json.dumps(result, allow_nan=False)  # the clients parse with orjson, which refuses NaN
+                # Serialised once, here; NaN is refused because the clients parse with orjson, which rejects it.
+                result = json.dumps(work().model_dump(mode="json", exclude_none=True), allow_nan=False).encode()
             except ShapeyardError as exc:
-                result = RequestFailed(error=exc.message, category=ErrorCategory.USER).model_dump(mode="json")
+                result = _failure(exc.message, ErrorCategory.USER)
             except ValidationError as exc:
-                result = RequestFailed(error=validation_message(exc.errors()), category=ErrorCategory.USER).model_dump(
-                    mode="json"
-                )
+                result = _failure(validation_message(exc.errors()), ErrorCategory.USER)
             except Exception as exc:
                 log.exception("request %s failed", request_id)
-                message = f"{type(exc).__name__}: {exc}"
-                result = RequestFailed(error=message, category=ErrorCategory.SERVER).model_dump(mode="json")
+                result = _failure(f"{type(exc).__name__}: {exc}", ErrorCategory.SERVER)
             with self._lock:
                 self._done_at[request_id] = time.monotonic()
                 future = self._futures[request_id]

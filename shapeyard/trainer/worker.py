@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import InvalidArgument, NotFound, Unauthenticated
@@ -89,12 +89,12 @@ class TrainerService:
             raise NotFound(
                 f"base_model {body.base_model} is not served by this trainer; it trains {self.spec.base_model}"
             )
-        slot = self.backend.create_model(body.lora_config, body.base_only)
+        model_id, slot = self.backend.create_model(body.lora_config, body.base_only)
         if self._resume_pending and slot.kind != ModelKind.FROZEN:
             self._resume_pending = False
-            self.backend.load_state(slot.model_id, self.spec.resume_from, with_optimizer=True)
-            log.info("model %s resumed from %s", slot.model_id, self.spec.resume_from)
-        return CreateModelResponse(model_id=slot.model_id)
+            self.backend.load_state(model_id, self.spec.resume_from, with_optimizer=True)
+            log.info("model %s resumed from %s", model_id, self.spec.resume_from)
+        return CreateModelResponse(model_id=model_id)
 
     def info(self, model_id: str) -> GetInfoResponse:
         slot = self.backend.slot(model_id)
@@ -250,13 +250,13 @@ def create_worker_app(service: TrainerService) -> FastAPI:
         return ListCheckpointsResponse(checkpoints=backend.checkpoints.list_training()).to_json_dict()
 
     @api.post("/retrieve_future")
-    async def retrieve_future(body: RetrieveFutureRequest) -> JSONResponse:
+    async def retrieve_future(body: RetrieveFutureRequest) -> Response:
         if not engine.known(body.request_id):
             raise NotFound(f"request_id {body.request_id!r} is unknown or its result expired")
         result = await engine.wait(body.request_id, LONG_POLL_SECONDS)
         if result is None:
             return JSONResponse(TryAgain(request_id=body.request_id).to_json_dict())
-        return JSONResponse(result)
+        return Response(result, media_type="application/json")
 
     app = FastAPI(title="shapeyard trainer worker", version="0.1.0")
     install_error_handlers(app)

@@ -79,9 +79,28 @@ class ModelInput(WireModel):
         return len(self.to_ints())
 
 
+# Plain lists given for these keys become int64 tensors; every other key becomes float32 (as in the official SDKs).
+INT_KEYS = frozenset({"target_tokens"})
+
+
 class Datum(WireModel):
     model_input: ModelInput
     loss_fn_inputs: dict[str, TensorData] = Field(default_factory=dict)
+
+    @field_validator("loss_fn_inputs", mode="before")
+    @classmethod
+    def _coerce(cls, inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        coerced = {}
+        for key, value in inputs.items():
+            if hasattr(value, "tolist") and not isinstance(value, TensorData):  # a torch tensor or numpy array
+                value = value.tolist()
+            if isinstance(value, list):
+                flat = [float(v) if key not in INT_KEYS else int(v) for v in value]
+                value = TensorData.from_list(flat, "int64" if key in INT_KEYS else "float32")
+            coerced[key] = value
+        return coerced
 
 
 class ForwardBackwardInput(WireModel):

@@ -1,0 +1,109 @@
+"""The managed path: one call from a shape id to a ready training client.
+
+    run = managed_training(base_url=..., api_key=..., base_model="accounts/fireworks/models/tiny-qwen3",
+                           training_shape_id="accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu", lora_rank=0)
+    run.training_client.forward_backward(...)
+    run.close()
+
+It resolves the shape to its latest validated version, creates the trainer job (or re-attaches to `job_id`,
+resuming it if it stopped), waits until the job's worker is running, and creates the training client on it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from shapeyard.client.control import ApiError, ControlClient
+from shapeyard.client.training import ServiceClient, TrainingClient
+from shapeyard.wire.control import (
+    RESUMABLE_JOB_STATES,
+    CreateTrainerJobRequest,
+    JobState,
+    TrainerJobResource,
+    TrainingConfig,
+    TrainingShapeVersionResource,
+)
+
+
+class JobFailedError(RuntimeError):
+    pass
+
+
+@dataclass
+class ManagedTraining:
+    control: ControlClient
+    profile: TrainingShapeVersionResource | None
+    job: TrainerJobResource
+    service: ServiceClient
+    training_client: TrainingClient
+
+    @property
+    def job_id(self) -> str:
+        return self.job.name.rsplit("/", 1)[1]
+
+    @property
+    def max_context_length(self) -> int:
+        return self.job.training_config.max_context_length or 0
+
+    def close(self, delete_job: bool = False) -> None:
+        if delete_job:
+            self.control.delete_trainer_job(self.job_id)
+        self.service.close()
+        self.control.close()
+
+
+def wait_until_running(control: ControlClient, job_id: str, timeout: float = 900.0) -> TrainerJobResource:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = control.get_trainer_job(job_id)
+        if job.state == JobState.RUNNING:
+            return job
+        if job.state not in (JobState.CREATING, JobState.PENDING):
+            raise JobFailedError(f"trainer job {job.name} is {job.state.value}: {job.status_message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"trainer job {job.name} is still {job.state.value} after {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def managed_training(
+    *,
+    base_url: str,
+    api_key: str,
+    base_model: str,
+    training_shape_id: str | None = None,
+    lora_rank: int = 0,
+    learning_rate: float = 1e-5,
+    display_name: str | None = None,
+    replica_count: int = 1,
+    job_id: str | None = None,
+    max_context_length: int | None = None,
+    timeout: float = 900.0,
+) -> ManagedTraining:
+    """Without a shape, the server picks the smallest validated one for the model, mode and context."""
+    control = ControlClient(base_url, api_key)
+    profile = control.resolve_training_shape(training_shape_id) if training_shape_id else None
+    job_id = job_id or f"run-{secrets.token_hex(4)}"
+    try:
+        job = control.get_trainer_job(job_id)
+        if job.state in RESUMABLE_JOB_STATES:
+            control.resume_trainer_job(job_id)
+    except ApiError as exc:
+        if exc.http_status != 404:
+            raise
+        request = CreateTrainerJobRequest(
+            training_config=TrainingConfig(
+                base_model=base_model,
+                lora_rank=lora_rank,
+                learning_rate=learning_rate,
+                max_context_length=None if training_shape_id else max_context_length,
+            ),
+            display_name=display_name,
+            trainer_replica_count=replica_count,
+        )
+        control.create_trainer_job(request, job_id=job_id, training_shape=training_shape_id or "")
+    job = wait_until_running(control, job_id, timeout)
+    service = ServiceClient(f"{base_url.rstrip('/')}/training/v1/rlorTrainerJobs/{control.account}/{job_id}", api_key)
+    training = service.create_training_client(base_model, lora_rank)
+    return ManagedTraining(control, profile, job, service, training)

@@ -1,0 +1,177 @@
+"""Supervised fine-tuning: chat JSONL, trained on what the assistant says.
+
+    shapeyard cookbook sft --config sft.yaml          or          shapeyard.cookbook.sft.run(config)
+
+Each step takes `batch_size` examples, sends them as `micro_batches` forward_backward calls (gradients accumulate
+on the server), then one optim_step normalised by the number of loss tokens. Metrics go to `<log_dir>/metrics.jsonl`;
+every `save_every` steps a checkpoint (weights and optimizer) is saved, and a rerun with the same log_dir resumes
+from the last one, bit for bit, on the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import AutoTokenizer
+
+from shapeyard.client import AdamParams, Datum, ModelInput, managed_training
+from shapeyard.cookbook.config import Section, ServerSection, TrainerSection
+from shapeyard.cookbook.renderers import render_chat
+from shapeyard.cookbook.tasks.arithmetic import read_jsonl
+
+
+class SFTConfig(Section):
+    server: ServerSection = ServerSection()
+    trainer: TrainerSection
+    train_data: Path
+    batch_size: int = 32
+    micro_batches: int = 1
+    steps: int | None = None  # default: one epoch
+    warmup_steps: int = 0
+    final_learning_rate_fraction: float = 1.0  # linear decay to this fraction of the learning rate
+    save_every: int = 0  # 0: only at the end
+    log_dir: Path = Path("runs/sft")
+    seed: int = 0
+
+
+@dataclass
+class SFTResult:
+    job_id: str
+    steps: int
+    first_loss: float
+    final_loss: float
+    checkpoint: str
+    sampler_path: str
+
+
+def to_datum(tokens: list[int], weights: list[float]) -> Datum:
+    """Position i predicts token i+1: inputs drop the last token, targets and weights drop the first."""
+    return Datum(
+        model_input=ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+    )
+
+
+def learning_rate(config: SFTConfig, step: int, total: int) -> float:
+    base = config.trainer.learning_rate
+    if step < config.warmup_steps:
+        return base * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(total - config.warmup_steps, 1)
+    return base * (1 - (1 - config.final_learning_rate_fraction) * progress)
+
+
+def batches(config: SFTConfig, data: list[Datum]) -> Callable[[int], list[Datum]]:
+    """The examples of step `step`: epoch-wise shuffles from the seed, so a resumed run sees the same batches."""
+
+    @cache
+    def order(epoch: int) -> list[int]:
+        indices = list(range(len(data)))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(indices)
+        return indices
+
+    def batch(step: int) -> list[Datum]:
+        positions = range(step * config.batch_size, (step + 1) * config.batch_size)
+        return [data[order(p // len(data))[p % len(data)]] for p in positions]
+
+    return batch
+
+
+def _progress_state(log_dir: Path) -> dict[str, Any]:
+    path = log_dir / "progress.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    saved = _progress_state(config.log_dir)
+    trainer = config.trainer
+    managed = managed_training(
+        base_url=config.server.base_url,
+        api_key=config.server.api_key,
+        base_model=trainer.base_model,
+        training_shape_id=trainer.training_shape_id,
+        lora_rank=trainer.lora_rank,
+        learning_rate=trainer.learning_rate,
+        display_name=trainer.display_name,
+        replica_count=trainer.replica_count,
+        job_id=trainer.job_id or saved.get("job_id"),
+    )
+    training = managed.training_client
+    tokenizer = AutoTokenizer.from_pretrained(training.get_info().model_data.tokenizer_id)
+    data = [to_datum(*render_chat(tokenizer, example["messages"])) for example in read_jsonl(config.train_data)]
+    total = config.steps or math.ceil(len(data) / config.batch_size)
+    batch = batches(config, data)
+
+    start = 0
+    if saved.get("checkpoint"):
+        training.load_state_with_optimizer(saved["checkpoint"]).result()
+        start = saved["step"]
+    metrics_file = (config.log_dir / "metrics.jsonl").open("a")
+    first_loss = final_loss = math.nan
+    columns = [
+        TextColumn("sft"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task("sft", total=total, completed=start, loss=math.nan)
+        pending: tuple[int, float, float, list, Any, Any] | None = None
+        for step in range(start, total + 1):
+            # Submit this step before reading the last one's results, so the trainer never waits on the network.
+            submitted = None
+            if step < total:
+                examples = batch(step)
+                size = math.ceil(len(examples) / config.micro_batches)
+                futures = [
+                    training.forward_backward(examples[i : i + size], "cross_entropy")
+                    for i in range(0, len(examples), size)
+                ]
+                lr = learning_rate(config, step, total)
+                optim = training.optim_step(AdamParams(learning_rate=lr, weight_decay=0.0), "num_loss_tokens")
+                due = config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total
+                saving = training.save_state(f"step-{step + 1}") if due else None  # ordered after this step's update
+                submitted = (step, lr, time.monotonic(), futures, optim, saving)
+            if pending is not None:
+                done, lr_done, began, futures_done, optim_done, saving_done = pending
+                outputs = [future.result() for future in futures_done]
+                grad_norm = optim_done.result().metrics.get("grad_norm")
+                tokens = sum(out.metrics["response_tokens:sum"] for out in outputs)
+                final_loss = sum(out.metrics["loss:sum"] for out in outputs) / max(tokens, 1)
+                first_loss = final_loss if math.isnan(first_loss) else first_loss
+                record = {
+                    "step": done + 1,
+                    "loss": final_loss,
+                    "tokens": tokens,
+                    "learning_rate": lr_done,
+                    "grad_norm": grad_norm,
+                    "seconds": time.monotonic() - began,
+                }
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                progress.update(task, advance=1, loss=final_loss)
+                if saving_done is not None:
+                    _record_checkpoint(config.log_dir, managed.job_id, done + 1, saving_done.result().path)
+            pending = submitted
+    metrics_file.close()
+    checkpoint = _record_checkpoint(
+        config.log_dir, managed.job_id, total, training.save_state(f"step-{total}").result().path
+    )
+    sampler = training.save_weights_for_sampler(f"final-{total}").result().path
+    managed.close()
+    return SFTResult(managed.job_id, total, first_loss, final_loss, checkpoint, sampler)
+
+
+def _record_checkpoint(log_dir: Path, job_id: str, step: int, path: str) -> str:
+    (log_dir / "progress.json").write_text(json.dumps({"job_id": job_id, "step": step, "checkpoint": path}))
+    return path
