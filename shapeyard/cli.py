@@ -20,6 +20,8 @@ from rich.table import Table
 
 from shapeyard.catalog.loader import PUBLIC_ACCOUNT, training_shape_name
 from shapeyard.client.control import ApiError, ControlClient
+from shapeyard.client.futures import RequestFailedError
+from shapeyard.client.managed import JobFailedError
 from shapeyard.config import DEFAULT_ACCOUNT, DEFAULT_PORT, ServerSettings
 from shapeyard.wire.control import TrainerJobResource, TrainingShapeVersionResource
 
@@ -28,10 +30,12 @@ shapes_app = typer.Typer(help="Browse and validate training shapes.", no_args_is
 jobs_app = typer.Typer(help="Trainer jobs of your account.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Deployments of your account.", no_args_is_help=True)
 admin_app = typer.Typer(help="Accounts and keys, straight in the database (operator only).", no_args_is_help=True)
+cookbook_app = typer.Typer(help="Training recipes and their bundled tasks.", no_args_is_help=True)
 app.add_typer(shapes_app, name="shapes")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(admin_app, name="admin")
+app.add_typer(cookbook_app, name="cookbook")
 
 console = Console()
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Database, checkpoints, snapshots and logs.")]
@@ -73,6 +77,9 @@ def _run(action: Any) -> Any:
         raise typer.Exit(1) from None
     except httpx.TransportError as exc:
         console.print(f"[red]cannot reach {Remote.base_url}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    except (RequestFailedError, JobFailedError) as exc:
+        console.print(f"[red]failed[/red]: {exc}")
         raise typer.Exit(1) from None
 
 
@@ -301,6 +308,51 @@ def deployments_show(deployment_id: str) -> None:
     with _client() as client:
         dep = _run(lambda: client.get_deployment(deployment_id))
     _print_fields(dep.name, dep.to_json_dict())
+
+
+# --- cookbook -------------------------------------------------------------------------------------------
+
+
+@cookbook_app.command("sft")
+def cookbook_sft(
+    config: Annotated[Path, typer.Option("--config", help="Recipe config (YAML or JSON).")],
+) -> None:
+    """Supervised fine-tuning on chat JSONL (see shapeyard/cookbook/sft.py for the config)."""
+    from pydantic import ValidationError
+
+    from shapeyard.cookbook import sft
+    from shapeyard.cookbook.config import ServerSection, load_config
+
+    try:
+        settings = load_config(config, sft.SFTConfig)
+    except (OSError, ValidationError) as exc:
+        console.print(f"[red]{config}[/red]: {exc}")
+        raise typer.Exit(2) from None
+    if "server" not in settings.model_fields_set:
+        settings.server = ServerSection(base_url=Remote.base_url, api_key=Remote.api_key)
+    result = _run(lambda: sft.run(settings))
+    console.print(
+        f"job {result.job_id}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}; "
+        f"checkpoint {result.checkpoint}, sampler snapshot {result.sampler_path}"
+    )
+
+
+@cookbook_app.command("task")
+def cookbook_task(
+    name: Annotated[str, typer.Argument(help="addition or flip")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for train.jsonl and test.jsonl.")] = Path("data"),
+) -> None:
+    """Write a bundled synthetic task as chat JSONL."""
+    from shapeyard.cookbook.data import write_jsonl
+    from shapeyard.cookbook.tasks import digits
+
+    tasks = {"addition": digits.addition_splits, "flip": digits.flip_splits}
+    if name not in tasks:
+        console.print(f"[red]unknown task {name!r}[/red]; bundled tasks: {', '.join(tasks)}")
+        raise typer.Exit(2)
+    train, test = tasks[name]()
+    console.print(f"{write_jsonl(train, out / 'train.jsonl')}: {len(train)} examples")
+    console.print(f"{write_jsonl(test, out / 'test.jsonl')}: {len(test)} examples")
 
 
 # --- admin -----------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from shapeyard.client import ControlClient
 from shapeyard.config import ServerSettings
 from shapeyard.cookbook import sft
 from shapeyard.cookbook.config import ServerSection, TrainerSection
+from shapeyard.cookbook.data import write_jsonl
 from shapeyard.cookbook.evaluation import exact_match, heldout_loss, load_snapshot, snapshot_tokenizer
-from shapeyard.cookbook.tasks import arithmetic
+from shapeyard.cookbook.tasks import digits
 from shapeyard.models import tiny
 from shapeyard.server import EmbeddedServer
 
@@ -32,8 +33,8 @@ RECIPE = {"learning_rate": 5e-3, "steps": 400, "batch_size": 64, "warmup_steps":
 def main() -> None:
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="shapeyard-demo-"))
-    train, test = arithmetic.splits()
-    arithmetic.write_jsonl(train, work / "addition-train.jsonl")
+    train, test = digits.addition_splits()
+    write_jsonl(train, work / "addition-train.jsonl")
     base = tiny.ensure_tiny_model()
     base_model, tokenizer = load_snapshot(base), snapshot_tokenizer(base)
     before = heldout_loss(base_model, tokenizer, test), exact_match(base_model, tokenizer, test)

@@ -122,3 +122,24 @@ def same_record(after: dict, before: dict) -> bool:
     """Equal but for what the supervisor may move meanwhile (servers without workers put jobs in PENDING)."""
     moving = ("state", "statusMessage", "updateTime")
     return {k: v for k, v in after.items() if k not in moving} == {k: v for k, v in before.items() if k not in moving}
+
+
+@pytest.fixture(scope="module")
+def training_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server that runs real trainer workers (two CPU slots), shared by one test module."""
+    with run_server(tmp_path_factory.mktemp("training"), cpu_slots=2) as running:
+        yield running
+
+
+def tiny_datum(tokens: list[int], weights: list[float] | None = None) -> dict:
+    """A trainer-protocol Datum as JSON: inputs drop the last token, targets the first."""
+    inputs = {"target_tokens": {"data": tokens[1:], "dtype": "int64"}}
+    if weights is not None:
+        inputs["weights"] = {"data": weights[1:], "dtype": "float32"}
+    return {"model_input": {"chunks": [{"tokens": tokens[:-1], "type": "encoded_text"}]}, "loss_fn_inputs": inputs}
+
+
+@pytest.fixture
+def training_http(training_server: RunningServer) -> Iterator[httpx.Client]:
+    with training_server.http() as client:
+        yield client

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpcore
@@ -53,6 +54,9 @@ class ControlPlane:
     bootstrap: BootstrapKeys
     launcher: Launcher
     worker_http: httpcore.AsyncConnectionPool | None = None  # set while the app runs (see create_app)
+    # held while a job's worker is started, stopped or its state changes, so that a DELETE never races the
+    # supervisor into restarting a worker (or overwriting DELETED) from a stale read
+    lifecycle: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: ServerSettings) -> ControlPlane:

@@ -174,7 +174,7 @@ def list_trainer_jobs(
 @router.delete("/v1/accounts/{account}/rlorTrainerJobs/{job_id}")
 def delete_trainer_job(account: str, job_id: str, caller: CallerDep, control: PlaneDep) -> TrainerJobResource:
     """Stops the job's worker; the record stays as a JOB_STATE_DELETED tombstone (its checkpoints stay listable)."""
-    with control.db.session() as session:
+    with control.lifecycle, control.db.session() as session:
         job = get_job(session, caller, account, job_id)
         control.launcher.stop(job.name)
         if job.state != JobState.DELETED:
@@ -184,7 +184,7 @@ def delete_trainer_job(account: str, job_id: str, caller: CallerDep, control: Pl
 
 @router.post("/v1/accounts/{account}/rlorTrainerJobs/{job_id}:resume")
 def resume_trainer_job(account: str, job_id: str, caller: CallerDep, control: PlaneDep) -> TrainerJobResource:
-    with control.db.session() as session:
+    with control.lifecycle, control.db.session() as session:
         job = get_job(session, caller, account, job_id)
         if JobState(job.state) not in RESUMABLE_JOB_STATES:
             allowed = ", ".join(sorted(state.value for state in RESUMABLE_JOB_STATES))

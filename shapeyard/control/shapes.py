@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
 from shapeyard.control.pagination import paginate
+from shapeyard.control.workers import smoke_runner
 from shapeyard.errors import InvalidArgument, NotFound, PermissionDenied
 from shapeyard.shapes import admin
 from shapeyard.shapes.filters import parse_filter
@@ -334,7 +335,7 @@ def validate_training_shape_version(
     require_admin(caller)
     with control.db.session() as session:
         row = _training_version(session, caller, account, shape, version)
-        admin.validate_version(session, row, control.catalog.accelerators)
+        admin.validate_version(session, row, control.catalog.accelerators, smoke_runner(control))
         _, latest = visible_versions(store.training_versions(session, row.shape), caller, None)
         return training_version_resource(row, latest)
 

@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shapeyard.control.workers import ACTIVE, placement, set_state, worker_spec
 from shapeyard.launch.base import WorkerState
@@ -48,21 +49,29 @@ class Supervisor:
                 log.exception("supervisor tick failed")
 
     def tick(self) -> None:
-        launcher = self.control.launcher
+        active_states = [state.value for state in ACTIVE]
         with self.control.db.session() as session:
-            active = session.scalars(select(TrainerJob).where(TrainerJob.state.in_([s.value for s in ACTIVE])))
-            for job in active:
-                status = launcher.status(job.name)
-                if status is None:
-                    where = placement(session, self.control, job)
-                    if launcher.has_capacity(where):
-                        launcher.start(job.name, worker_spec(session, self.control, job), where)
-                        set_state(job, JobState.PENDING, "worker starting")
-                    else:
-                        set_state(job, JobState.PENDING, launcher.capacity_message(where))
-                elif status.state == WorkerState.READY:
-                    set_state(job, JobState.RUNNING)
-                elif status.state == WorkerState.EXITED:
-                    launcher.stop(job.name)
-                    set_state(job, JobState.FAILED, status.detail)
-                    log.warning("trainer job %s failed: %s", job.name, status.detail.splitlines()[0])
+            names = list(session.scalars(select(TrainerJob.name).where(TrainerJob.state.in_(active_states))))
+        for name in names:
+            # one short transaction per job, on a fresh read under the lifecycle lock (see ControlPlane)
+            with self.control.lifecycle, self.control.db.session() as session:
+                job = session.get(TrainerJob, name)
+                if job is not None and job.state in active_states:
+                    self._reconcile(session, job)
+
+    def _reconcile(self, session: Session, job: TrainerJob) -> None:
+        launcher = self.control.launcher
+        status = launcher.status(job.name)
+        if status is None:
+            where = placement(session, self.control, job)
+            if launcher.has_capacity(where):
+                launcher.start(job.name, worker_spec(session, self.control, job), where)
+                set_state(job, JobState.PENDING, "worker starting")
+            else:
+                set_state(job, JobState.PENDING, launcher.capacity_message(where))
+        elif status.state == WorkerState.READY:
+            set_state(job, JobState.RUNNING)
+        elif status.state == WorkerState.EXITED:
+            launcher.stop(job.name)
+            set_state(job, JobState.FAILED, status.detail)
+            log.warning("trainer job %s failed: %s", job.name, status.detail.splitlines()[0])

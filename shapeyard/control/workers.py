@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from shapeyard.errors import FailedPrecondition
 from shapeyard.launch.base import Placement
-from shapeyard.shapes.types import TrainerMode, TrainingShapeSnapshot
+from shapeyard.models.loading import WeightsUnavailable, weights_path
+from shapeyard.shapes.admin import SmokeRunner
+from shapeyard.shapes.types import ModelSpec, TrainerMode, TrainingShapeSnapshot
+from shapeyard.shapes.validation import SmokeResult
 from shapeyard.store import catalog as store
 from shapeyard.store.tables import TrainerJob, TrainingShapeVersion, utcnow
 from shapeyard.trainer.checkpoints import CheckpointStore
@@ -66,3 +71,42 @@ def worker_spec(session: Session, control: ControlPlane, job: TrainerJob) -> Tra
         token="",
         resume_from=job_dir / "checkpoints" / latest[-1] if latest else None,
     )
+
+
+def smoke_runner(control: ControlPlane) -> SmokeRunner:
+    """Validation's smoke step, run by the launcher where the shape's hardware and weights are on this machine."""
+
+    def run(snapshot: TrainingShapeSnapshot, model: ModelSpec) -> SmokeResult | str:
+        where = Placement(
+            control.catalog.accelerators[snapshot.accelerator_type],
+            snapshot.accelerator_count,
+            snapshot.node_count,
+            replicas=1,
+            memory_gib=0.0,
+        )
+        try:
+            control.launcher.check(where)
+            weights_path(model.weights)
+        except FailedPrecondition as exc:
+            return exc.message
+        except WeightsUnavailable as exc:
+            return str(exc)
+        spec = TrainerWorkerSpec(
+            job_name="smoke",
+            base_model=model.name,
+            weights=model.weights,
+            trainer_mode=snapshot.trainer_mode,
+            lora_rank=snapshot.max_lora_rank,
+            max_lora_rank=snapshot.max_lora_rank,
+            forward_only=snapshot.trainer_mode == TrainerMode.FORWARD_ONLY,
+            max_context_length=snapshot.max_supported_context_length,
+            activation_checkpointing=snapshot.activation_checkpointing,
+            device="cpu",
+            threads=control.settings.worker_threads,
+            job_dir=control.settings.data_dir / "smoke" / secrets.token_hex(4),
+            port=0,
+            token="",
+        )
+        return control.launcher.smoke(spec, where)
+
+    return run

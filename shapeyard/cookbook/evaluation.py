@@ -16,7 +16,8 @@ def load_snapshot(path: Path) -> PreTrainedModel:
     """A full HF checkpoint, or a PEFT adapter on top of the base model it names."""
     if (path / "adapter_config.json").exists():
         base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path)
-        return PeftModel.from_pretrained(base, path).merge_and_unload()
+        # Not merged: with tied embeddings, folding an lm_head adapter into the shared matrix changes the inputs too.
+        return PeftModel.from_pretrained(base, path)
     return AutoModelForCausalLM.from_pretrained(path)
 
 

@@ -5,7 +5,7 @@
 Each step takes `batch_size` examples, sends them as `micro_batches` forward_backward calls (gradients accumulate
 on the server), then one optim_step normalised by the number of loss tokens. Metrics go to `<log_dir>/metrics.jsonl`;
 every `save_every` steps a checkpoint (weights and optimizer) is saved, and a rerun with the same log_dir resumes
-from the last one, bit for bit, on the same batches.
+from the last one, bit for bit, on the same batches: on the same trainer job if it is still there, else on a new one.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoTokenizer
 
 from shapeyard.client import AdamParams, Datum, ModelInput, managed_training
+from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.cookbook.config import Section, ServerSection, TrainerSection
+from shapeyard.cookbook.data import read_jsonl
 from shapeyard.cookbook.renderers import render_chat
-from shapeyard.cookbook.tasks.arithmetic import read_jsonl
+from shapeyard.wire.control import JobState
 
 
 class SFTConfig(Section):
@@ -41,6 +43,7 @@ class SFTConfig(Section):
     save_every: int = 0  # 0: only at the end
     log_dir: Path = Path("runs/sft")
     seed: int = 0
+    keep_job: bool = False  # keep the trainer running after the run (its checkpoints and snapshots stay either way)
 
 
 @dataclass
@@ -90,6 +93,19 @@ def _progress_state(log_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _live_job(config: SFTConfig, job_id: str | None) -> str | None:
+    """The saved run's job if it still exists; a finished run deleted it (its checkpoints stay readable)."""
+    if job_id is None:
+        return None
+    with ControlClient(config.server.base_url, config.server.api_key) as control:
+        try:
+            return job_id if control.get_trainer_job(job_id).state != JobState.DELETED else None
+        except ApiError as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+
+
 def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     config.log_dir.mkdir(parents=True, exist_ok=True)
     saved = _progress_state(config.log_dir)
@@ -103,7 +119,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
         learning_rate=trainer.learning_rate,
         display_name=trainer.display_name,
         replica_count=trainer.replica_count,
-        job_id=trainer.job_id or saved.get("job_id"),
+        job_id=trainer.job_id or _live_job(config, saved.get("job_id")),
     )
     training = managed.training_client
     tokenizer = AutoTokenizer.from_pretrained(training.get_info().model_data.tokenizer_id)
@@ -113,7 +129,8 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
 
     start = 0
     if saved.get("checkpoint"):
-        training.load_state_with_optimizer(saved["checkpoint"]).result()
+        # by cross-job reference: the run may continue on a new job when the saved one was deleted
+        training.load_state_with_optimizer(f"cross_job://{saved['job_id']}/{saved['checkpoint']}").result()
         start = saved["step"]
     metrics_file = (config.log_dir / "metrics.jsonl").open("a")
     first_loss = final_loss = math.nan
@@ -168,7 +185,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
         config.log_dir, managed.job_id, total, training.save_state(f"step-{total}").result().path
     )
     sampler = training.save_weights_for_sampler(f"final-{total}").result().path
-    managed.close()
+    managed.close(delete_job=not config.keep_job)
     return SFTResult(managed.job_id, total, first_loss, final_loss, checkpoint, sampler)
 
 

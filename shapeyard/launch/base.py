@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from shapeyard.shapes.types import AcceleratorSpec
+from shapeyard.shapes.validation import SmokeResult
 from shapeyard.wire.worker import TrainerWorkerSpec
 
 
@@ -64,5 +65,8 @@ class Launcher(Protocol):
         """Stop the worker and forget it; a no-op for unknown names."""
 
     def capacity_message(self, placement: Placement) -> str: ...
+
+    def smoke(self, spec: TrainerWorkerSpec, placement: Placement) -> SmokeResult | str:
+        """Validation's real step on hardware that passed `check`, or why it cannot run now."""
 
     def close(self) -> None: ...

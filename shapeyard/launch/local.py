@@ -24,6 +24,7 @@ from shapeyard.errors import FailedPrecondition
 from shapeyard.launch.base import Endpoint, Placement, WorkerState, WorkerStatus
 from shapeyard.launch.hardware import LocalHardware, detect
 from shapeyard.shapes.types import DeviceKind
+from shapeyard.shapes.validation import SmokeResult
 from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec
 
 log = logging.getLogger("shapeyard.launch")
@@ -106,6 +107,45 @@ class LocalLauncher:
             return f"waiting for a CPU worker slot ({self._cpu_workers()} of {self.cpu_slots} in use)"
         return f"waiting for {placement.describe()} to be free"
 
+    def _environment(self, gpus: list[int]) -> dict[str, str]:
+        return {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+        }
+
+    def smoke(self, spec: TrainerWorkerSpec, placement: Placement, timeout: float = 900.0) -> SmokeResult | str:
+        """Run the smoke step in a subprocess on this machine's devices (the placement passed `check`); a string
+        says why it cannot run now."""
+        gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
+        if len(gpus) < placement.count and placement.accelerator.kind != DeviceKind.CPU:
+            return f"the {placement.describe()} it needs are busy"
+        spec = spec.model_copy(update={"threads": self.threads, "device": "cuda" if gpus else "cpu"})
+        spec.job_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = spec.job_dir / "smoke-spec.json"
+        spec_path.write_text(spec.model_dump_json(indent=2))
+        done = subprocess.run(
+            [sys.executable, "-m", "shapeyard.trainer.smoke", "--spec", str(spec_path)],
+            capture_output=True,
+            text=True,
+            env=self._environment(gpus),
+            timeout=timeout,
+        )
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            tail = "\n".join(done.stderr.strip().splitlines()[-LOG_TAIL_LINES:])
+            return SmokeResult(
+                device=spec.device,
+                peak_memory_gib=0.0,
+                step_seconds=0.0,
+                tokens=spec.max_context_length,
+                passed=False,
+                detail=f"the smoke step exited with code {done.returncode}:\n{tail}",
+            )
+        return SmokeResult.model_validate_json(lines[-1])
+
     def start(self, name: str, spec: TrainerWorkerSpec, placement: Placement) -> None:
         with self._lock:
             gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
@@ -121,13 +161,7 @@ class LocalLauncher:
             spec_path = spec.job_dir / "worker-spec.json"
             spec_path.write_text(spec.model_dump_json(indent=2))
             log_path = spec.job_dir / "worker.log"
-            env = {
-                **os.environ,
-                "OMP_NUM_THREADS": str(self.threads),
-                "HF_HUB_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-                "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
-            }
+            env = self._environment(gpus)
             with log_path.open("a") as log_file:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "shapeyard.trainer.worker", "--spec", str(spec_path)],

@@ -15,8 +15,8 @@ from shapeyard.store import catalog as store
 from shapeyard.store.tables import DeploymentShapeVersion, TrainingShapeVersion
 from shapeyard.wire import names
 
-# Runs a real step on real hardware for a shape that passed the memory plan; None where there is none.
-SmokeRunner = Callable[[TrainingShapeSnapshot, ModelSpec], SmokeResult | None]
+# Runs a real step on real hardware for a shape that passed the memory plan; a string says why it could not run.
+SmokeRunner = Callable[[TrainingShapeSnapshot, ModelSpec], SmokeResult | str]
 
 # Fields that define what a shape is; changing them means a different shape, not a new version.
 IDENTITY_FIELDS = ("baseModel", "trainerMode")
@@ -40,7 +40,9 @@ def validate_version(
     )
     if report.passed and smoke is not None:
         result = smoke(snapshot, models[snapshot.base_model])
-        if result is not None:
+        if isinstance(result, str):
+            report.summary = f"{report.summary}; smoke step not run here: {result}"
+        else:
             report.smoke = result
             report.passed = result.passed
             report.summary = f"{report.summary}; smoke step on {result.device}: " + (

@@ -13,6 +13,7 @@ import math
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -119,7 +120,7 @@ class TrainerBackend:
         rank = lora.rank if lora else 0
         model_id = f"model-{next(self._ids)}-{secrets.token_hex(3)}"
         if base_only or self.config.forward_only:
-            if base_only and any(s.kind == ModelKind.FULL for s in self.slots.values()):
+            if base_only and self.config.lora_rank == 0 and not self.config.forward_only:
                 raise FailedPrecondition(
                     "base_only needs a LoRA or forward-only trainer: this full-parameter trainer changes its base "
                     "weights; run the reference as a separate forward-only job"
@@ -295,44 +296,48 @@ class TrainerBackend:
         prepared = self.prepare(data, spec, loss_fn)
         outputs: list[dict[str, TensorData] | None] = [None] * len(prepared)
         total = 0.0
-        saved = [param.grad for param in slot.params]
-        for param in slot.params:
-            param.grad = None
-        try:
-            with torch.set_grad_enabled(backward):
-                for batch in self._micro_batches(prepared):
-                    logps = self._target_logprobs(slot, batch)
-                    losses = [spec.fn(logp, item.inputs, config) for logp, (_, item) in zip(logps, batch, strict=True)]
-                    loss = torch.stack([token_loss.sum() for token_loss in losses]).sum()
-                    if not torch.isfinite(loss):
-                        raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
-                    if backward:
-                        loss.backward()
-                    total += loss.item()
-                    for logp, (index, _) in zip(logps, batch, strict=True):
-                        outputs[index] = {
-                            "logprobs": TensorData.from_list(logp.detach().float().cpu().tolist(), "float32")
-                        }
-            grads = [p.grad for p in slot.params if p.grad is not None]
-            if backward and grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-                raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
-        except BaseException:
-            for param, grad in zip(slot.params, saved, strict=True):
-                param.grad = grad
-            raise
+        with self._fresh_gradients(slot.params) if backward else nullcontext(), torch.set_grad_enabled(backward):
+            for batch in self._micro_batches(prepared):
+                logps = self._target_logprobs(slot, batch)
+                losses = [spec.fn(logp, item.inputs, config) for logp, (_, item) in zip(logps, batch, strict=True)]
+                loss = torch.stack([token_loss.sum() for token_loss in losses]).sum()
+                if not torch.isfinite(loss):
+                    raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
+                if backward:
+                    loss.backward()
+                total += loss.item()
+                for logp, (index, _) in zip(logps, batch, strict=True):
+                    outputs[index] = {"logprobs": TensorData.from_list(logp.detach().float().cpu().tolist(), "float32")}
+        masks = [spec.loss_mask(item.inputs, len(item.tokens)) for item in prepared]
+        loss_tokens = sum(int(mask.sum()) for mask in masks)
         if backward:
-            for param, grad in zip(slot.params, saved, strict=True):
-                if grad is not None:
-                    param.grad = grad if param.grad is None else param.grad.add_(grad)
-            masks = [spec.loss_mask(item.inputs, len(item.tokens)) for item in prepared]
-            slot.loss_tokens += int(sum(int(m.sum()) for m in masks))
-            slot.loss_sequences += sum(1 for m in masks if bool(m.any()))
+            slot.loss_tokens += loss_tokens
+            slot.loss_sequences += sum(1 for mask in masks if bool(mask.any()))
         metrics = {"loss:sum": total}
         if loss_fn == "cross_entropy":
-            metrics["response_tokens:sum"] = float(
-                sum(int(spec.loss_mask(item.inputs, len(item.tokens)).sum()) for item in prepared)
-            )
+            metrics["response_tokens:sum"] = float(loss_tokens)
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
+
+    @staticmethod
+    @contextmanager
+    def _fresh_gradients(params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """New gradients accumulate apart from the pending ones and join them only if the whole request succeeded
+        with finite values; otherwise the pending gradients are put back as they were."""
+        saved = [param.grad for param in params]
+        for param in params:
+            param.grad = None
+        try:
+            yield
+            grads = [param.grad for param in params if param.grad is not None]
+            if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+                raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
+        except BaseException:
+            for param, grad in zip(params, saved, strict=True):
+                param.grad = grad
+            raise
+        for param, grad in zip(params, saved, strict=True):
+            if grad is not None:
+                param.grad = grad if param.grad is None else param.grad.add_(grad)
 
     # --- optimizer -----------------------------------------------------------------------------------
 
@@ -402,9 +407,11 @@ class TrainerBackend:
                     raise FailedPrecondition(f"checkpoint {directory.name} does not match this model's parameters")
                 for name, param in params.items():
                     param.copy_(weights[name])
-        for param in slot.params:
+        for param in slot.params:  # gradients pending from before the load belong to other weights
             param.grad = None
+        slot.loss_tokens = slot.loss_sequences = 0
         slot.optimizer = torch.optim.AdamW(slot.params, lr=1e-4, foreach=False)
+        slot.steps = 0
         if optimizer is not None:
             slot.optimizer.load_state_dict(optimizer)
             slot.steps = meta["steps"]

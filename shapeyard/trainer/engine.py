@@ -36,6 +36,15 @@ class _ModelQueue:
     waiting: dict[int, tuple[str, Work]] = field(default_factory=dict)
 
 
+def _encode(answer: BaseModel) -> bytes:
+    """JSON once, here. Python mode keeps NaN as NaN (JSON mode would quietly write null) so that it is refused:
+    the official clients parse results with orjson, which rejects NaN."""
+    try:
+        return json.dumps(answer.model_dump(exclude_none=True), allow_nan=False).encode()
+    except ValueError:
+        raise RuntimeError("the result holds NaN or infinity, which JSON clients cannot read") from None
+
+
 def _failure(message: str, category: ErrorCategory) -> bytes:
     return json.dumps(RequestFailed(error=message, category=category).model_dump(mode="json")).encode()
 
@@ -96,7 +105,7 @@ class Engine:
             request_id, work = item
             try:
                 # Serialised once, here; NaN is refused because the clients parse with orjson, which rejects it.
-                result = json.dumps(work().model_dump(mode="json", exclude_none=True), allow_nan=False).encode()
+                result = _encode(work())
             except ShapeyardError as exc:
                 result = _failure(exc.message, ErrorCategory.USER)
             except ValidationError as exc:

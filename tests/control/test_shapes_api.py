@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from shapeyard.control import accounts, deployments, gateway, jobs, shapes
+from shapeyard.control import accounts, deployments, gateway, jobs, serverless, shapes
 from tests.conftest import RunningServer, unique
 
 TINY = "accounts/fireworks/models/tiny-qwen3"
@@ -177,7 +177,9 @@ def test_private_shapes_are_invisible_to_other_accounts(server: RunningServer, h
 def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
     spec = http.get("/openapi.json").json()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routers = [server.app.router] + [module.router for module in (accounts, deployments, gateway, jobs, shapes)]
+    routers = [server.app.router] + [
+        module.router for module in (accounts, deployments, gateway, jobs, serverless, shapes)
+    ]
     served = {
         (route.path.replace(":path}", "}"), method)
         for router in routers
@@ -213,6 +215,28 @@ def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
         ("/healthz", "GET"),
         ("/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/{path}", "GET"),
         ("/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/{path}", "POST"),
+        ("/api/v1/healthz", "GET"),
+        ("/api/v1/get_server_capabilities", "GET"),
+        *(
+            (f"/api/v1/{route}", "POST")
+            for route in (
+                "client/config",
+                "create_session",
+                "session_heartbeat",
+                "telemetry",
+                "create_model",
+                "retrieve_future",
+                "weights_info",
+                "forward",
+                "forward_backward",
+                "optim_step",
+                "save_weights",
+                "load_weights",
+                "save_weights_for_sampler",
+                "get_info",
+                "unload_model",
+            )
+        ),
     }
     assert expected == documented
     schemas = spec["components"]["schemas"]

@@ -1,0 +1,78 @@
+"""The official fireworks-ai training SDK trains through shapeyard: full-parameter and LoRA CPU shapes."""
+
+from __future__ import annotations
+
+import pytest
+from fireworks.training.sdk import (
+    AdamParams,
+    Datum,
+    FiretitanServiceClient,
+    ModelInput,
+    TrainerJobConfig,
+    TrainerJobManager,
+)
+
+from tests.conftest import RunningServer
+
+TINY = "accounts/fireworks/models/tiny-qwen3"
+PROBLEMS = [("12+34=", "46"), ("57+21=", "78"), ("40+40=", "80"), ("19+66=", "85")]
+
+
+def chat_data() -> list[Datum]:
+    from shapeyard.cookbook.renderers import render_chat
+    from shapeyard.models import tiny
+
+    tokenizer = tiny.build_tokenizer()
+    data = []
+    for prompt, answer in PROBLEMS:
+        tokens, weights = render_chat(
+            tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        )
+        data.append(
+            Datum(
+                model_input=ModelInput.from_ints(tokens[:-1]),
+                loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+            )
+        )
+    return data
+
+
+@pytest.mark.parametrize(("shape", "rank"), [("tiny-qwen3-2k-cpu", 0), ("tiny-qwen3-2k-cpu-lora", 8)])
+def test_sft_flow(training_server: RunningServer, shape: str, rank: int):
+    manager = TrainerJobManager(api_key=training_server.api_key, base_url=training_server.base_url)
+    profile = manager.resolve_training_profile(f"accounts/fireworks/trainingShapes/{shape}")
+    endpoint = manager.create_and_wait(
+        TrainerJobConfig(base_model=TINY, lora_rank=rank, training_shape_ref=profile.training_shape),
+        poll_interval_s=0.5,
+    )
+    assert endpoint.max_context_length == 2048
+    service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=training_server.api_key)
+    training = service.create_training_client(base_model=TINY, lora_rank=rank)
+    data = chat_data()
+    losses = []
+    for _ in range(6):
+        result = training.forward_backward(data, "cross_entropy").result()
+        training.optim_step(
+            AdamParams(learning_rate=1e-2 if rank else 3e-3, grad_clip_norm=1.0),
+            grad_accumulation_normalization="num_loss_tokens",
+        ).result()
+        assert result.metrics["response_tokens"] == 16  # per problem: 2 digits, end of turn, newline
+        losses.append(result.metrics["loss:sum"] / result.metrics["response_tokens"])
+    assert losses[-1] < 0.6 * losses[0], losses
+
+    saved = training.save_state("step-6").result()
+    assert saved.path == "step-6"
+    sampler = training.save_weights_for_sampler_ext("final")
+    assert sampler.path.startswith("final-")
+    assert training.list_checkpoints() == ["step-6"]
+    after_save = training.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    training.forward_backward(data, "cross_entropy").result()
+    training.optim_step(AdamParams(learning_rate=1e-1)).result()
+    assert training.forward(data, "cross_entropy").result().metrics["loss:sum"] != after_save
+    training.load_state_with_optimizer("step-6").result()
+    assert training.forward(data, "cross_entropy").result().metrics["loss:sum"] == after_save
+    info = training.get_info()
+    assert info.is_lora == bool(rank) and info.lora_rank == rank
+
+    manager.delete(endpoint.job_id)
+    assert manager.get(endpoint.job_id)["state"] == "JOB_STATE_DELETED"

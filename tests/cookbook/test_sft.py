@@ -1,0 +1,133 @@
+"""The SFT recipe through a real server: LoRA and full-parameter runs learn; a resumed run continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from shapeyard.cli import app
+from shapeyard.cookbook import sft
+from shapeyard.cookbook.config import ServerSection, TrainerSection
+from shapeyard.cookbook.data import write_jsonl
+from shapeyard.cookbook.evaluation import exact_match, load_snapshot, snapshot_tokenizer
+from shapeyard.cookbook.tasks import digits
+from shapeyard.models import tiny
+from tests.conftest import RunningServer
+
+TINY = "accounts/fireworks/models/tiny-qwen3"
+
+
+def config(server: RunningServer, tmp_path: Path, data: Path, **fields) -> sft.SFTConfig:
+    trainer = {
+        "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu",
+        "base_model": TINY,
+        "learning_rate": 5e-3,
+        **fields.pop("trainer", {}),
+    }
+    return sft.SFTConfig(
+        server=ServerSection(base_url=server.base_url, api_key=server.api_key),
+        trainer=TrainerSection(**trainer),
+        train_data=data,
+        log_dir=tmp_path / "run",
+        **fields,
+    )
+
+
+def metrics(log_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lora_sft_learns_a_new_digit_task(training_server: RunningServer, tmp_path: Path):
+    train, test = digits.flip_splits(test_size=100)
+    data = write_jsonl(train, tmp_path / "train.jsonl")
+    base = tiny.ensure_tiny_model()
+    tokenizer = snapshot_tokenizer(base)
+    before = exact_match(load_snapshot(base), tokenizer, test)
+    settings = config(
+        training_server,
+        tmp_path,
+        data,
+        batch_size=32,
+        steps=90,
+        warmup_steps=5,
+        final_learning_rate_fraction=0.1,
+        trainer={
+            "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora",
+            "lora_rank": 16,
+            "learning_rate": 1.5e-2,
+        },
+    )
+    result = sft.run(settings, show_progress=False)
+    snapshot = training_server.control.settings.job_dir("local", result.job_id) / "sampler" / result.sampler_path
+    assert (snapshot / "adapter_config.json").exists()  # a PEFT directory
+    after = exact_match(load_snapshot(snapshot), tokenizer, test)
+    assert before < 0.1 and after > 0.9, (before, after, result)
+    assert result.final_loss < 0.3 * result.first_loss
+
+
+def test_full_parameter_sft_learns_and_a_resumed_run_continues_bit_for_bit(training_server, tmp_path: Path):
+    train, _ = digits.addition_splits()
+    data = write_jsonl(train, tmp_path / "train.jsonl")
+    straight = config(training_server, tmp_path / "a", data, batch_size=32, steps=24)
+    sft.run(straight, show_progress=False)
+    reference = metrics(straight.log_dir)
+    assert [m["step"] for m in reference] == list(range(1, 25))
+    assert reference[-1]["loss"] < 0.7 * reference[0]["loss"]
+
+    # stopped at 12 with its trainer kept: the rerun re-attaches to it
+    kept = config(training_server, tmp_path / "b", data, batch_size=32, steps=12, save_every=6, keep_job=True)
+    first = sft.run(kept, show_progress=False)
+    progress = json.loads((kept.log_dir / "progress.json").read_text())
+    assert progress == {"job_id": first.job_id, "step": 12, "checkpoint": "step-12"}
+    resumed = sft.run(kept.model_copy(update={"steps": 18, "keep_job": False}), show_progress=False)
+    assert resumed.job_id == first.job_id
+    # finished at 18, so its trainer was deleted: the rerun continues on a new job from the old job's checkpoint
+    again = sft.run(kept.model_copy(update={"steps": 24, "keep_job": False}), show_progress=False)
+    assert again.job_id != first.job_id
+    continued = metrics(kept.log_dir)
+    assert [m["step"] for m in continued] == list(range(1, 25))
+    assert [m["loss"] for m in continued] == [m["loss"] for m in reference]  # bit for bit
+
+
+def test_the_cli_runs_the_recipe_from_a_config_file(training_server: RunningServer, tmp_path: Path):
+    runner = CliRunner()
+    written = runner.invoke(app, ["cookbook", "task", "addition", "--out", str(tmp_path / "data")])
+    assert written.exit_code == 0 and "7900 examples" in written.output
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu",
+                    "base_model": TINY,
+                    "learning_rate": 1e-3,
+                },
+                "train_data": str(tmp_path / "data" / "train.jsonl"),
+                "batch_size": 8,
+                "steps": 3,
+                "log_dir": str(tmp_path / "run"),
+            }
+        )
+    )
+    result = runner.invoke(
+        app,
+        [
+            "--base-url",
+            training_server.base_url,
+            "--api-key",
+            training_server.api_key,
+            "cookbook",
+            "sft",
+            "--config",
+            str(config_file),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 steps" in result.output and len(metrics(tmp_path / "run")) == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"trainer": {"base_model": TINY}, "train_data": "x", "batch_sise": 3}))
+    refused = runner.invoke(app, ["cookbook", "sft", "--config", str(bad)])
+    assert refused.exit_code == 2 and "batch_sise" in refused.output
