@@ -93,15 +93,28 @@ def serve(
     data_dir: DataDir = Path("data"),
     database_url: DatabaseUrl = None,
     account: Annotated[str, typer.Option(help="Bootstrap account (admin of this server).")] = DEFAULT_ACCOUNT,
+    cpu_worker_slots: Annotated[
+        int | None, typer.Option(help="CPU workers that may run at once (default: one per core).")
+    ] = None,
+    worker_threads: Annotated[int, typer.Option(help="torch threads per CPU worker.")] = 1,
 ) -> None:
-    """Run the control plane. The bootstrap account's keys come from SHAPEYARD_API_KEY and
+    """Run the control plane and its workers. The bootstrap account's keys come from SHAPEYARD_API_KEY and
     SHAPEYARD_TINKER_API_KEY, or are generated on first start and printed."""
     import uvicorn
 
     from shapeyard.control.app import ControlPlane, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = ServerSettings(data_dir=data_dir, database_url=database_url, host=host, port=port, account=account)
+    settings = ServerSettings(
+        data_dir=data_dir,
+        database_url=database_url,
+        host=host,
+        port=port,
+        account=account,
+        worker_threads=worker_threads,
+    )
+    if cpu_worker_slots is not None:
+        settings.cpu_worker_slots = cpu_worker_slots
     control = ControlPlane.open(settings)
     keys = control.bootstrap
     console.print(

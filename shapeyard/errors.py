@@ -43,6 +43,12 @@ class PermissionDenied(ShapeyardError):
     status, grpc_code, http_status = "PERMISSION_DENIED", 7, 403
 
 
+class HotLoadInProgress(ShapeyardError):
+    """425 Too Early: the clients retry it (the fireworks sampler every 5 s, up to 10 times)."""
+
+    status, grpc_code, http_status = "UNAVAILABLE", 14, 425
+
+
 class Unavailable(ShapeyardError):
     """The request is fine but the hardware it needs is not here."""
 

@@ -23,6 +23,7 @@ from shapeyard.wire.control import (
     TrainingShapeVersionResource,
     UpdateDeploymentRequest,
 )
+from shapeyard.wire.inference import DEPLOYMENT_HEADER, HOT_LOAD_PATH, HotLoadRequest, HotLoadStatus
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -171,6 +172,24 @@ class ControlClient:
             f"/v1/accounts/{self.account}/deployments/{deployment_id}",
             DeploymentResource,
             json=request.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        )
+
+    def hot_load(self, deployment_id: str, identity: str) -> HotLoadStatus:
+        """Start loading a sampler snapshot of the deployment's trainer job on every replica."""
+        return self._call(
+            "POST",
+            HOT_LOAD_PATH,
+            HotLoadStatus,
+            json=HotLoadRequest(identity=identity).model_dump(exclude_none=True),
+            headers={DEPLOYMENT_HEADER: f"accounts/{self.account}/deployments/{deployment_id}"},
+        )
+
+    def hot_load_status(self, deployment_id: str) -> HotLoadStatus:
+        return self._call(
+            "GET",
+            HOT_LOAD_PATH,
+            HotLoadStatus,
+            headers={DEPLOYMENT_HEADER: f"accounts/{self.account}/deployments/{deployment_id}"},
         )
 
     def delete_deployment(self, deployment_id: str) -> DeploymentResource:

@@ -6,7 +6,9 @@
     run.close()
 
 It resolves the shape to its latest validated version, creates the trainer job (or re-attaches to `job_id`,
-resuming it if it stopped), waits until the job's worker is running, and creates the training client on it.
+resuming it if it stopped), waits until the job's worker is running, and creates the training client on it. With
+`create_deployment=True` it also provisions a deployment on the shape's linked deployment shape, hot-loading from
+the job, and waits for it: `run.weight_syncer.save_and_hotload(name)` then `run.sampler.sample(...)`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import time
 from dataclasses import dataclass
 
 from shapeyard.client.control import ApiError, ControlClient
+from shapeyard.client.sampling import DeploymentSampler, WeightSyncer
 from shapeyard.client.training import ServiceClient, TrainingClient
 from shapeyard.wire.control import (
     RESUMABLE_JOB_STATES,
+    CreateDeploymentRequest,
     CreateTrainerJobRequest,
+    DeploymentResource,
+    DeploymentState,
     JobState,
     TrainerJobResource,
     TrainingConfig,
@@ -38,6 +44,9 @@ class ManagedTraining:
     job: TrainerJobResource
     service: ServiceClient
     training_client: TrainingClient
+    deployment: DeploymentResource | None = None
+    sampler: DeploymentSampler | None = None
+    weight_syncer: WeightSyncer | None = None
 
     @property
     def job_id(self) -> str:
@@ -48,6 +57,10 @@ class ManagedTraining:
         return self.job.training_config.max_context_length or 0
 
     def close(self, delete_job: bool = False) -> None:
+        """Deletes the deployment it created; the job too when asked."""
+        if self.deployment is not None:
+            self.control.delete_deployment(self.deployment.name.rsplit("/", 1)[1])
+            self.sampler.close()
         if delete_job:
             self.control.delete_trainer_job(self.job_id)
         self.service.close()
@@ -67,6 +80,21 @@ def wait_until_running(control: ControlClient, job_id: str, timeout: float = 900
         time.sleep(0.3)
 
 
+def wait_until_serving(control: ControlClient, deployment_id: str, timeout: float = 900.0) -> DeploymentResource:
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment = control.get_deployment(deployment_id)
+        if deployment.state == DeploymentState.READY:
+            return deployment
+        if deployment.state in (DeploymentState.FAILED, DeploymentState.DELETED, DeploymentState.DELETING):
+            raise JobFailedError(
+                f"deployment {deployment.name} is {deployment.state.value}: {deployment.status_message}"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"deployment {deployment.name} is still {deployment.state.value} after {timeout:.0f} s")
+        time.sleep(0.3)
+
+
 def managed_training(
     *,
     base_url: str,
@@ -79,6 +107,9 @@ def managed_training(
     replica_count: int = 1,
     job_id: str | None = None,
     max_context_length: int | None = None,
+    create_deployment: bool = False,
+    deployment_id: str | None = None,
+    deployment_replica_count: int = 1,
     timeout: float = 900.0,
 ) -> ManagedTraining:
     """Without a shape, the server picks the smallest validated one for the model, mode and context."""
@@ -103,7 +134,27 @@ def managed_training(
             trainer_replica_count=replica_count,
         )
         control.create_trainer_job(request, job_id=job_id, training_shape=training_shape_id or "")
+    if create_deployment:
+        deployment_id = deployment_id or f"{job_id}-serve"
+        request = CreateDeploymentRequest(
+            base_model=base_model,
+            min_replica_count=deployment_replica_count,
+            max_replica_count=deployment_replica_count,
+            for_training=True,
+            hot_load_trainer_job=f"accounts/{control.account}/rlorTrainerJobs/{job_id}",
+            deployment_shape=profile.snapshot.deployment_shape_version if profile else None,
+        )
+        try:
+            control.create_deployment(request, deployment_id)
+        except ApiError as exc:
+            if exc.http_status != 409:
+                raise
     job = wait_until_running(control, job_id, timeout)
     service = ServiceClient(f"{base_url.rstrip('/')}/training/v1/rlorTrainerJobs/{control.account}/{job_id}", api_key)
     training = service.create_training_client(base_model, lora_rank)
-    return ManagedTraining(control, profile, job, service, training)
+    run = ManagedTraining(control, profile, job, service, training)
+    if create_deployment:
+        run.deployment = wait_until_serving(control, deployment_id, timeout)
+        run.sampler = DeploymentSampler(base_url, api_key, run.deployment.name)
+        run.weight_syncer = WeightSyncer(training, control, deployment_id)
+    return run

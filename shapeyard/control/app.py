@@ -117,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(control: ControlPlane) -> FastAPI:
     from shapeyard.control import accounts as accounts_api
-    from shapeyard.control import deployments, gateway, jobs, serverless, shapes  # they import ControlPlane
+    from shapeyard.control import deployments, gateway, inference, jobs, serverless, shapes  # they import ControlPlane
     from shapeyard.control.supervisor import Supervisor
 
     supervisor = Supervisor(control)
@@ -138,7 +138,7 @@ def create_app(control: ControlPlane) -> FastAPI:
     )
     app.state.control = control
     install_error_handlers(app)
-    for module in (accounts_api, shapes, jobs, deployments, gateway, serverless):
+    for module in (accounts_api, shapes, jobs, deployments, gateway, inference, serverless):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["server"])

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from shapeyard.control.auth import require_account
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
 from shapeyard.control.pagination import paginate
+from shapeyard.control.replicas import replica_statuses, set_deployment_state
 from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.shapes.resolve import hot_load_job, linked_deployment_shape, plan_deployment
 from shapeyard.store.accounts import Caller
@@ -19,6 +20,7 @@ from shapeyard.wire.control import (
     DeploymentResource,
     DeploymentState,
     ListDeploymentsResponse,
+    ReplicaStatus,
     UpdateDeploymentRequest,
 )
 
@@ -37,7 +39,7 @@ _MASK_ALIASES = {**{field: field for field in _MUTABLE}, **{to_camel(field): fie
 _OWNED = ("deployment_shape", "accelerator_type", "accelerator_count", "base_model")
 
 
-def deployment_resource(row: Deployment) -> DeploymentResource:
+def deployment_resource(row: Deployment, replicas: list[ReplicaStatus] | None = None) -> DeploymentResource:
     request = row.request
     return DeploymentResource(
         name=row.name,
@@ -57,6 +59,7 @@ def deployment_resource(row: Deployment) -> DeploymentResource:
         for_training=request.get("forTraining", False),
         hot_load_trainer_job=row.hot_load_trainer_job or "",
         hot_load_transition_type=request.get("hotLoadTransitionType", ""),
+        replicas=replicas or [],
     )
 
 
@@ -113,7 +116,8 @@ def create_deployment(
 @router.get("/v1/accounts/{account}/deployments/{deployment_id}")
 def get_deployment_route(account: str, deployment_id: str, caller: CallerDep, control: PlaneDep) -> DeploymentResource:
     with control.db.session() as session:
-        return deployment_resource(get_deployment(session, caller, account, deployment_id))
+        row = get_deployment(session, caller, account, deployment_id)
+        return deployment_resource(row, replica_statuses(control, row))
 
 
 @router.get("/v1/accounts/{account}/deployments")
@@ -124,7 +128,7 @@ def list_deployments(
     require_account(caller, account, f"account {account}")
     with control.db.session() as session:
         query = select(Deployment).where(Deployment.account == account).order_by(Deployment.create_time)
-        rows = [deployment_resource(row) for row in session.scalars(query)]
+        rows = [deployment_resource(row, replica_statuses(control, row)) for row in session.scalars(query)]
     page, token = paginate(rows, pageSize, pageToken)
     return ListDeploymentsResponse(deployments=page, next_page_token=token, total_size=len(rows))
 
@@ -194,10 +198,11 @@ def delete_deployment(
     hard: bool = False,
 ) -> DeploymentResource:
     """Stops the replicas. `hard=true` also removes the record, so the id can be used again."""
-    with control.db.session() as session:
+    with control.lifecycle, control.db.session() as session:
         row = get_deployment(session, caller, account, deployment_id)
-        row.state = DeploymentState.DELETED.value
-        row.update_time = utcnow()
+        for replica in control.launcher.running(f"{row.name}/replicas/"):
+            control.launcher.stop(replica)
+        set_deployment_state(row, DeploymentState.DELETED, "deleted by request")
         resource = deployment_resource(row)
         if hard:
             session.delete(row)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from shapeyard.control.deps import CallerDep, PlaneDep
-from shapeyard.control.gateway import relay
+from shapeyard.control.gateway import call_worker, relay
 from shapeyard.control.jobs import launch_job
 from shapeyard.control.shapes import visible_versions
 from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound, ShapeyardError
@@ -30,9 +30,11 @@ from shapeyard.store import catalog as store
 from shapeyard.store.accounts import Caller
 from shapeyard.store.tables import TrainerJob
 from shapeyard.trainer.checkpoints import CheckpointStore
+from shapeyard.wire import names
 from shapeyard.wire.control import CreateTrainerJobRequest, JobState, TrainingConfig
 from shapeyard.wire.trainer import (
     CreateModelRequest,
+    CreateSamplingSessionRequest,
     CreateSessionResponse,
     ErrorCategory,
     RequestFailed,
@@ -153,6 +155,34 @@ def _find_or_launch(control: Any, caller: Caller, body: CreateModelRequest) -> t
         return job.job_id, base_model
 
 
+def _sampling_job(control: Any, caller: Caller, body: CreateSamplingSessionRequest) -> tuple[str, str | None]:
+    """Sampler weights live with the job that wrote them; the base model samples on any live serverless job of
+    that model, or on a new forward-only one."""
+    if body.model_path is not None:
+        parts = body.model_path.removeprefix("tinker://").split("/")
+        if not body.model_path.startswith("tinker://") or len(parts) != 3:
+            raise InvalidArgument(
+                f"model_path {body.model_path!r} is malformed; expected tinker://<job>/sampler_weights/<name>"
+            )
+        return parts[0], None
+    if body.base_model is None:
+        raise InvalidArgument("create_sampling_session needs a model_path or a base_model")
+    with control.db.session() as session:
+        base_model = resolve_base_model(session, caller, body.base_model)
+        live = session.scalars(
+            select(TrainerJob).where(
+                TrainerJob.account == caller.account,
+                TrainerJob.base_model == base_model,
+                TrainerJob.state.in_([s.value for s in (JobState.CREATING, JobState.PENDING, JobState.RUNNING)]),
+            )
+        )
+        for job in live:
+            if job.request.get("managedBy") == SERVERLESS:
+                return job.job_id, base_model
+    reference = CreateModelRequest(session_id=body.session_id, base_model=base_model, base_only=True)
+    return _find_or_launch(control, caller, reference)[0], base_model
+
+
 async def _worker_session(state: _Serverless, control: Any, caller: Caller, session_id: str, job_id: str) -> str:
     key = (session_id, job_id)
     if key not in state.worker_sessions:
@@ -235,12 +265,50 @@ async def retrieve_future(request: Request, caller: CallerDep, control: PlaneDep
 
 def _outward(job_id: str, answer: dict) -> dict:
     """Worker ids, as the client must send them back to this root URL."""
-    for key in ("model_id", "request_id"):
+    for key in ("model_id", "request_id", "sampling_session_id"):
         if isinstance(answer.get(key), str) and answer.get("type") != "try_again":
             answer[key] = f"{job_id}{SEPARATOR}{answer[key]}"
     if answer.get("type") == "try_again":
         answer["request_id"] = f"{job_id}{SEPARATOR}{answer['request_id']}"
     return answer
+
+
+@router.post("/create_sampling_session")
+async def create_sampling_session(request: Request, caller: CallerDep, control: PlaneDep) -> JSONResponse:
+    state = _state(request)
+    body = CreateSamplingSessionRequest.model_validate(await request.json())
+    if state.sessions.get(body.session_id) != caller.account:
+        raise NotFound(f"session {body.session_id!r} not found; call create_session first")
+    job_id, base_model = await run_in_threadpool(_sampling_job, control, caller, body)
+    await _wait_running(control, f"accounts/{caller.account}/rlorTrainerJobs/{job_id}")
+    worker_session = await _worker_session(state, control, caller, body.session_id, job_id)
+    payload = {**body.model_dump(exclude_none=True), "session_id": worker_session, "base_model": base_model}
+    answer = await relay(control, caller, job_id, "create_sampling_session", payload)
+    return JSONResponse(_outward(job_id, answer))
+
+
+@router.post("/asample")
+async def asample(request: Request, caller: CallerDep, control: PlaneDep) -> JSONResponse:
+    body = await request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("sampling_session_id"), str):
+        raise InvalidArgument("asample needs a sampling_session_id")
+    job_id, inner = split(body["sampling_session_id"], "sampling_session_id")
+    answer = await relay(control, caller, job_id, "asample", {**body, "sampling_session_id": inner})
+    return JSONResponse(_outward(job_id, answer))
+
+
+@router.get("/samplers/{sampler_id}")
+async def get_sampler(sampler_id: str, caller: CallerDep, control: PlaneDep) -> JSONResponse:
+    job_id, inner = split(sampler_id, "sampler id")
+    name = names.job_name(caller.account, names.check_id("job id", job_id))
+    endpoint = control.launcher.endpoint(name)
+    if endpoint is None:
+        raise NotFound(f"sampler {sampler_id} not found: trainer job {name} has no running worker")
+    status, _, content = await call_worker(control.worker_http, endpoint, "GET", f"/api/v1/samplers/{inner}", b"", {})
+    answer = json.loads(content)
+    if status == 200:
+        answer["sampler_id"] = sampler_id
+    return JSONResponse(answer, status_code=status)
 
 
 @router.post("/weights_info")

@@ -1,9 +1,9 @@
-"""The supervisor: makes workers match what the database says jobs should be.
+"""The supervisor: makes workers match what the database says jobs and deployments should be.
 
 Every tick, for each active job: no worker yet -> start one when the launcher has room (PENDING meanwhile); the
 worker answers healthz -> RUNNING; the worker died -> FAILED with the tail of its log. A worker always starts from
 the job's latest training checkpoint if it has one, so `:resume` (and a server restart) continue where the job
-left off.
+left off. Deployments get their replicas the same way (`shapeyard.control.replicas`).
 """
 
 from __future__ import annotations
@@ -15,21 +15,24 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shapeyard.control.replicas import ReplicaSupervisor
 from shapeyard.control.workers import ACTIVE, placement, set_state, worker_spec
 from shapeyard.launch.base import WorkerState
-from shapeyard.store.tables import TrainerJob
-from shapeyard.wire.control import JobState
+from shapeyard.store.tables import Deployment, TrainerJob
+from shapeyard.wire.control import DeploymentState, JobState
 
 if TYPE_CHECKING:
     from shapeyard.control.app import ControlPlane
 
 log = logging.getLogger("shapeyard.supervisor")
 TICK_SECONDS = 0.25
+SERVING = (DeploymentState.CREATING, DeploymentState.READY, DeploymentState.UPDATING)
 
 
 class Supervisor:
     def __init__(self, control: ControlPlane) -> None:
         self.control = control
+        self.replicas = ReplicaSupervisor(control)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shapeyard-supervisor", daemon=True)
 
@@ -50,14 +53,21 @@ class Supervisor:
 
     def tick(self) -> None:
         active_states = [state.value for state in ACTIVE]
+        serving_states = [state.value for state in SERVING]
         with self.control.db.session() as session:
-            names = list(session.scalars(select(TrainerJob.name).where(TrainerJob.state.in_(active_states))))
-        for name in names:
-            # one short transaction per job, on a fresh read under the lifecycle lock (see ControlPlane)
+            jobs = list(session.scalars(select(TrainerJob.name).where(TrainerJob.state.in_(active_states))))
+            deployments = list(session.scalars(select(Deployment.name).where(Deployment.state.in_(serving_states))))
+        # one short transaction per job or deployment, on a fresh read under the lifecycle lock (see ControlPlane)
+        for name in jobs:
             with self.control.lifecycle, self.control.db.session() as session:
                 job = session.get(TrainerJob, name)
                 if job is not None and job.state in active_states:
                     self._reconcile(session, job)
+        for name in deployments:
+            with self.control.lifecycle, self.control.db.session() as session:
+                row = session.get(Deployment, name)
+                if row is not None and row.state in serving_states:
+                    self.replicas.reconcile(session, row)
 
     def _reconcile(self, session: Session, job: TrainerJob) -> None:
         launcher = self.control.launcher

@@ -66,7 +66,7 @@ def worker_spec(session: Session, control: ControlPlane, job: TrainerJob) -> Tra
         activation_checkpointing=snapshot.activation_checkpointing if snapshot else False,
         device="cpu",
         threads=control.settings.worker_threads,
-        job_dir=job_dir,
+        work_dir=job_dir,
         port=0,
         token="",
         resume_from=job_dir / "checkpoints" / latest[-1] if latest else None,
@@ -103,7 +103,7 @@ def smoke_runner(control: ControlPlane) -> SmokeRunner:
             activation_checkpointing=snapshot.activation_checkpointing,
             device="cpu",
             threads=control.settings.worker_threads,
-            job_dir=control.settings.data_dir / "smoke" / secrets.token_hex(4),
+            work_dir=control.settings.data_dir / "smoke" / secrets.token_hex(4),
             port=0,
             token="",
         )

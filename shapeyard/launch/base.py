@@ -1,8 +1,9 @@
 """The launcher interface: how the control plane starts, watches and stops worker processes.
 
 The control plane never runs model code. It asks a launcher whether a placement can exist here at all (`check`),
-whether it fits now (`has_capacity`), and then starts and watches one worker per job. The local launcher runs
-workers as subprocesses of the server; a cluster launcher (torchrun, Kubernetes) implements the same methods.
+whether it fits now (`has_capacity`), and then starts and watches one worker per job or deployment replica. The
+local launcher runs workers as subprocesses of the server; a cluster launcher (torchrun, Kubernetes) implements
+the same methods.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 
 from shapeyard.shapes.types import AcceleratorSpec
 from shapeyard.shapes.validation import SmokeResult
-from shapeyard.wire.worker import TrainerWorkerSpec
+from shapeyard.wire.worker import TrainerWorkerSpec, WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,15 @@ class Launcher(Protocol):
     def has_capacity(self, placement: Placement) -> bool:
         """Whether the placement fits next to the workers already running."""
 
-    def start(self, name: str, spec: TrainerWorkerSpec, placement: Placement) -> None: ...
+    def start(self, name: str, spec: WorkerSpec, placement: Placement) -> None: ...
 
     def status(self, name: str) -> WorkerStatus | None:
         """None when no worker was started under this name (or it was forgotten)."""
 
     def endpoint(self, name: str) -> Endpoint | None: ...
+
+    def running(self, prefix: str) -> list[str]:
+        """The names of started workers (alive or not yet reaped) that begin with `prefix`."""
 
     def stop(self, name: str) -> None:
         """Stop the worker and forget it; a no-op for unknown names."""

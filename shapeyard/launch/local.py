@@ -25,7 +25,7 @@ from shapeyard.launch.base import Endpoint, Placement, WorkerState, WorkerStatus
 from shapeyard.launch.hardware import LocalHardware, detect
 from shapeyard.shapes.types import DeviceKind
 from shapeyard.shapes.validation import SmokeResult
-from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec
+from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec, WorkerSpec
 
 log = logging.getLogger("shapeyard.launch")
 LOG_TAIL_LINES = 25
@@ -37,6 +37,7 @@ class _Worker:
     endpoint: Endpoint
     log_path: Path
     kind: DeviceKind
+    health_url: str
     gpus: list[int] = field(default_factory=list)
     ready: bool = False  # once healthz answered, only the process is watched
 
@@ -123,8 +124,8 @@ class LocalLauncher:
         if len(gpus) < placement.count and placement.accelerator.kind != DeviceKind.CPU:
             return f"the {placement.describe()} it needs are busy"
         spec = spec.model_copy(update={"threads": self.threads, "device": "cuda" if gpus else "cpu"})
-        spec.job_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = spec.job_dir / "smoke-spec.json"
+        spec.work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = spec.work_dir / "smoke-spec.json"
         spec_path.write_text(spec.model_dump_json(indent=2))
         done = subprocess.run(
             [sys.executable, "-m", "shapeyard.trainer.smoke", "--spec", str(spec_path)],
@@ -146,7 +147,7 @@ class LocalLauncher:
             )
         return SmokeResult.model_validate_json(lines[-1])
 
-    def start(self, name: str, spec: TrainerWorkerSpec, placement: Placement) -> None:
+    def start(self, name: str, spec: WorkerSpec, placement: Placement) -> None:
         with self._lock:
             gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
             spec = spec.model_copy(
@@ -157,21 +158,22 @@ class LocalLauncher:
                     "device": "cpu" if not gpus else "cuda",
                 }
             )
-            spec.job_dir.mkdir(parents=True, exist_ok=True)
-            spec_path = spec.job_dir / "worker-spec.json"
+            spec.work_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = spec.work_dir / "worker-spec.json"
             spec_path.write_text(spec.model_dump_json(indent=2))
-            log_path = spec.job_dir / "worker.log"
+            log_path = spec.work_dir / "worker.log"
             env = self._environment(gpus)
             with log_path.open("a") as log_file:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "shapeyard.trainer.worker", "--spec", str(spec_path)],
+                    [sys.executable, "-m", spec.module, "--spec", str(spec_path)],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    cwd=spec.job_dir,
+                    cwd=spec.work_dir,
                 )
             endpoint = Endpoint(f"http://{spec.host}:{spec.port}", spec.token)
-            self._workers[name] = _Worker(process, endpoint, log_path, placement.accelerator.kind, gpus)
+            health = f"{endpoint.url}{spec.health_path}"
+            self._workers[name] = _Worker(process, endpoint, log_path, placement.accelerator.kind, health, gpus)
         log.info("started worker for %s (pid %d, %s)", name, process.pid, endpoint.url)
 
     def status(self, name: str) -> WorkerStatus | None:
@@ -183,13 +185,15 @@ class LocalLauncher:
             return WorkerStatus(WorkerState.EXITED, f"worker exited with code {code}:\n{log_tail(worker.log_path)}")
         if not worker.ready:
             try:
-                response = self._http.get(
-                    f"{worker.endpoint.url}/api/v1/healthz", headers={WORKER_TOKEN_HEADER: worker.endpoint.token}
-                )
+                response = self._http.get(worker.health_url, headers={WORKER_TOKEN_HEADER: worker.endpoint.token})
                 worker.ready = response.status_code == 200
             except httpx.HTTPError:
                 pass
         return WorkerStatus(WorkerState.READY if worker.ready else WorkerState.STARTING)
+
+    def running(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [name for name in self._workers if name.startswith(prefix)]
 
     def endpoint(self, name: str) -> Endpoint | None:
         worker = self._workers.get(name)

@@ -147,6 +147,9 @@ class Deployment(Base):
     min_replica_count: Mapped[int] = mapped_column(Integer, default=0)
     max_replica_count: Mapped[int] = mapped_column(Integer, default=1)
     hot_load_trainer_job: Mapped[str | None] = mapped_column(NAME, nullable=True)
+    # the sampler snapshot every replica serves (None: the base model); a replica that starts loads it first
+    snapshot_identity: Mapped[str | None] = mapped_column(NAME, nullable=True)
+    snapshot_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     request: Mapped[dict[str, Any]]
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)

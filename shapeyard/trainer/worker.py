@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +23,16 @@ from fastapi.responses import JSONResponse, Response
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import InvalidArgument, NotFound, Unauthenticated
+from shapeyard.launch.child import exit_with_parent
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.trainer.backend import BackendConfig, ModelKind, TrainerBackend
 from shapeyard.trainer.engine import Engine
+from shapeyard.trainer.sampling import SamplingSessions
 from shapeyard.wire.trainer import (
     CreateModelRequest,
     CreateModelResponse,
+    CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
     CreateSessionRequest,
     CreateSessionResponse,
     ForwardBackwardOutput,
@@ -45,6 +47,7 @@ from shapeyard.wire.trainer import (
     OptimStepResponse,
     PathResponse,
     RetrieveFutureRequest,
+    SampleRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponse,
     SaveWeightsRequest,
@@ -73,6 +76,9 @@ class TrainerService:
 
     def __init__(self, spec: TrainerWorkerSpec, backend: TrainerBackend, engine: Engine) -> None:
         self.spec, self.backend, self.engine = spec, backend, engine
+        self.sampling = SamplingSessions(
+            spec.base_model, backend.config.model_path, spec.device, spec.max_context_length, backend.checkpoints
+        )
         self.sessions: dict[str, float] = {}
         self._resume_pending = spec.resume_from is not None
 
@@ -241,9 +247,25 @@ def create_worker_app(service: TrainerService) -> FastAPI:
         def work(body: SaveWeightsForSamplerRequest) -> SaveWeightsForSamplerResponse:
             name = backend.checkpoints.new_name(body.path, "sampler")
             backend.save_for_sampler(body.model_id, name)
-            return SaveWeightsForSamplerResponse(path=service.reference(name, "sampler_weights", tinker))
+            path = service.reference(name, "sampler_weights", tinker)
+            # the tinker client's save_weights_and_get_sampling_client samples from it right away
+            session = service.sampling.create(path, None) if body.sampling_session_seq_id is not None else None
+            return SaveWeightsForSamplerResponse(path=path, sampling_session_id=session)
 
         return await submit(request, SaveWeightsForSamplerRequest, work)
+
+    @api.post("/create_sampling_session")
+    def create_sampling_session(body: CreateSamplingSessionRequest) -> dict[str, Any]:
+        session = service.sampling.create(body.model_path, body.base_model)
+        return CreateSamplingSessionResponse(sampling_session_id=session).to_json_dict()
+
+    @api.post("/asample")
+    async def asample(request: Request) -> JSONResponse:
+        return await submit(request, SampleRequest, service.sampling.sample)
+
+    @api.get("/samplers/{sampler_id}")
+    def get_sampler(sampler_id: str) -> dict[str, Any]:
+        return service.sampling.info(sampler_id).to_json_dict()
 
     @api.get("/list_checkpoints")
     def list_checkpoints() -> dict[str, Any]:
@@ -264,18 +286,6 @@ def create_worker_app(service: TrainerService) -> FastAPI:
     return app
 
 
-def _exit_with_parent() -> None:
-    """Workers are children of the server: when it is gone, so are they (no orphans holding memory and ports)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def build_service(spec: TrainerWorkerSpec) -> TrainerService:
     path = weights_path(spec.weights)
     model, tokenizer = load_model(path, spec.device), load_tokenizer(path)
@@ -288,7 +298,7 @@ def build_service(spec: TrainerWorkerSpec) -> TrainerService:
         max_lora_rank=spec.max_lora_rank,
         forward_only=spec.forward_only,
         activation_checkpointing=spec.activation_checkpointing,
-        job_dir=spec.job_dir,
+        job_dir=spec.work_dir,
         seed=spec.seed,
     )
     return TrainerService(spec, TrainerBackend(config, model, tokenizer), Engine())
@@ -300,7 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = TrainerWorkerSpec.model_validate_json(Path(args.spec).read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _exit_with_parent()
+    exit_with_parent()
     torch.set_num_threads(spec.threads)
     log.info("loading %s on %s for %s", spec.base_model, spec.device, spec.job_name)
     service = build_service(spec)

@@ -299,3 +299,57 @@ class ServerCapabilities(WireModel):
 
 class ListCheckpointsResponse(WireModel):
     checkpoints: list[str]
+
+
+# --- sampling (the tinker client's SamplingClient) -------------------------------------------------------
+
+
+class CreateSamplingSessionRequest(WireModel):
+    session_id: str
+    sampling_session_seq_id: int = 0
+    base_model: str | None = None
+    model_path: str | None = None  # tinker://<job>/sampler_weights/<name>; None: the base model
+
+
+class CreateSamplingSessionResponse(WireModel):
+    type: Literal["create_sampling_session"] = "create_sampling_session"
+    sampling_session_id: str
+
+
+class SamplingParams(WireModel):
+    max_tokens: int | None = Field(None, ge=0)
+    seed: int | None = None
+    stop: str | list[str] | list[int] | None = None  # strings, or token ids
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int = Field(-1, ge=-1)  # -1: off
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class SampleRequest(WireModel):
+    sampling_session_id: str | None = None
+    seq_id: int | None = None
+    base_model: str | None = None
+    model_path: str | None = None
+    num_samples: int = Field(1, ge=1, le=64)
+    prompt: ModelInput
+    sampling_params: SamplingParams
+    prompt_logprobs: bool | None = None
+    topk_prompt_logprobs: int = 0
+
+
+class SampledSequence(WireModel):
+    tokens: list[int]
+    logprobs: list[float] | None = None
+    stop_reason: Literal["length", "stop"]
+
+
+class SampleResponse(WireModel):
+    type: Literal["sample"] = "sample"
+    sequences: list[SampledSequence]
+    prompt_logprobs: list[float | None] | None = None  # [null, ...]: the first token has none
+
+
+class GetSamplerResponse(WireModel):
+    sampler_id: str
+    base_model: str
+    model_path: str | None = None

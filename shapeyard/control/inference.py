@@ -1,0 +1,197 @@
+"""Inference and hot-load on the control plane: requests for a deployment reach its replicas.
+
+    POST /inference/v1/completions, /v1/completions, /v1/chat/completions   `model` names the deployment
+    POST /hot_load/v1/models/hot_load      load a snapshot of the deployment's trainer job on every replica
+    GET  /hot_load/v1/models/hot_load      per-replica status (header `fireworks-deployment` names the deployment)
+
+Completions go round-robin to the replicas that answer, streamed through as the replica sends them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpcore
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from shapeyard.control.deployments import get_deployment
+from shapeyard.control.deps import CallerDep, PlaneDep
+from shapeyard.control.gateway import call_worker
+from shapeyard.control.replicas import desired_replicas, ready_endpoints
+from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shapeyard.launch.base import Endpoint
+from shapeyard.store.accounts import Caller
+from shapeyard.store.tables import Deployment
+from shapeyard.trainer.checkpoints import CheckpointStore
+from shapeyard.wire import names
+from shapeyard.wire.inference import (
+    DEPLOYMENT_HEADER,
+    HOT_LOAD_PATH,
+    HotLoadRequest,
+    HotLoadStatus,
+    LoadingState,
+    ReplicaHotLoadStatus,
+    WorkerHotLoad,
+)
+from shapeyard.wire.worker import WORKER_TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from shapeyard.control.app import ControlPlane
+
+router = APIRouter(tags=["inference"])
+_turns = itertools.count()
+_STREAM_TIMEOUTS = {"timeout": {"connect": 5.0, "read": 600.0, "write": 60.0, "pool": 60.0}}
+
+
+def _deployment_id(caller: Caller, model: str, field: str) -> tuple[str, str]:
+    """`accounts/<a>/deployments/<d>`, or a bare deployment id of the caller's account."""
+    if not model.startswith("accounts/"):
+        return caller.account, names.check_id(field, model)
+    parsed = names.parse(model, "deployments", versioned=False, field=field)
+    return parsed.account, parsed.id
+
+
+def _serving_row(control: ControlPlane, caller: Caller, model: str, field: str) -> Deployment:
+    account, deployment_id = _deployment_id(caller, model, field)
+    with control.db.session() as session:
+        row = get_deployment(session, caller, account, deployment_id)
+        session.expunge(row)
+        return row
+
+
+async def _open(control: ControlPlane, endpoint: Endpoint, path: str, body: bytes) -> httpcore.Response:
+    request = httpcore.Request(
+        "POST",
+        f"{endpoint.url}{path}",
+        headers=[
+            (b"host", endpoint.url.split("://", 1)[1].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (WORKER_TOKEN_HEADER.encode(), endpoint.token.encode()),
+        ],
+        content=body,
+        extensions=_STREAM_TIMEOUTS,
+    )
+    return await control.worker_http.handle_async_request(request)
+
+
+async def _relay_completion(request: Request, caller: Caller, control: ControlPlane, path: str) -> Response:
+    body = await request.body()
+    try:
+        model = json.loads(body).get("model")
+    except (json.JSONDecodeError, AttributeError):
+        raise InvalidArgument("the request body must be a JSON object") from None
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("model is required: the deployment, as accounts/<account>/deployments/<id>")
+    row = await run_in_threadpool(_serving_row, control, caller, model, "model")
+    replicas = ready_endpoints(control, row)
+    if not replicas:
+        raise Unavailable(f"deployment {row.name} has no replica ready ({row.state}: {row.status_message})")
+    _, endpoint = replicas[next(_turns) % len(replicas)]
+    response = await _open(control, endpoint, path, body)
+    content_type = next((v.decode() for k, v in response.headers if k.lower() == b"content-type"), "application/json")
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.stream:
+                yield chunk
+        finally:
+            await response.aclose()
+
+    return StreamingResponse(stream(), status_code=response.status, media_type=content_type)
+
+
+def _completion_route(path: str, operation: str) -> None:
+    async def relay(request: Request, caller: CallerDep, control: PlaneDep) -> Response:
+        return await _relay_completion(request, caller, control, path)
+
+    router.add_api_route(path, relay, methods=["POST"], operation_id=operation, response_class=StreamingResponse)
+
+
+_completion_route("/inference/v1/completions", "inference_completions")
+_completion_route("/v1/completions", "openai_completions")
+_completion_route("/v1/chat/completions", "openai_chat_completions")
+
+
+def _hot_load_target(request: Request, caller: Caller, control: ControlPlane) -> Deployment:
+    header = request.headers.get(DEPLOYMENT_HEADER, "")
+    if not header:
+        raise InvalidArgument(f"the {DEPLOYMENT_HEADER} header must name the deployment (accounts/<a>/deployments/<d>)")
+    return _serving_row(control, caller, header, DEPLOYMENT_HEADER)
+
+
+def _snapshot_path(control: ControlPlane, row: Deployment, identity: str) -> Path:
+    if not row.hot_load_trainer_job:
+        raise FailedPrecondition(f"deployment {row.name} has no hotLoadTrainerJob to load snapshots from")
+    job = names.trainer_job(row.hot_load_trainer_job)
+    path = CheckpointStore(control.settings.job_dir(job.account, job.id)).resolve(identity, "sampler")
+    if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+        raise NotFound(
+            f"snapshot {identity!r} not found: trainer job {row.hot_load_trainer_job} has written no sampler "
+            f"snapshot of that name (save_weights_for_sampler writes them); {row.name} keeps serving "
+            f"{row.snapshot_identity or 'the base model'}"
+        )
+    return path
+
+
+@router.post(HOT_LOAD_PATH)
+async def hot_load(body: HotLoadRequest, request: Request, caller: CallerDep, control: PlaneDep) -> HotLoadStatus:
+    row = await run_in_threadpool(_hot_load_target, request, caller, control)
+    path = _snapshot_path(control, row, body.identity)
+
+    def remember() -> None:
+        # replicas that start later (restarts, scale-up) load it first
+        with control.db.session() as session:
+            stored = session.get(Deployment, row.name)
+            stored.snapshot_identity, stored.snapshot_path = body.identity, str(path)
+
+    await run_in_threadpool(remember)
+    payload = WorkerHotLoad(identity=body.identity, path=str(path)).model_dump_json().encode()
+    for _, endpoint in ready_endpoints(control, row):
+        status, _, content = await call_worker(
+            control.worker_http, endpoint, "POST", "/hot_load", payload, {"content-type": "application/json"}
+        )
+        if status >= 400:
+            error = json.loads(content).get("error", {})
+            raise FailedPrecondition(error.get("message", content.decode()))
+    row.snapshot_identity = body.identity
+    return await _status(control, row)
+
+
+async def _status(control: ControlPlane, row: Deployment) -> HotLoadStatus:
+    """Every replica's status, the ones still behind first: the SDK reads only the first entry, so the deployment
+    counts as loaded only once every replica is."""
+    answered = {}
+    for index, endpoint in ready_endpoints(control, row):
+        status, _, content = await call_worker(control.worker_http, endpoint, "GET", "/hot_load", b"", {})
+        if status == 200:
+            answered[index] = ReplicaHotLoadStatus.model_validate_json(content)
+    replicas = [
+        answered.get(index)
+        or ReplicaHotLoadStatus(
+            replica=index,
+            readiness=False,
+            loading_state=LoadingState(stage="loading", target_snapshot_identity=row.snapshot_identity),
+        )
+        for index in range(desired_replicas(row))
+    ]
+
+    def order(replica: ReplicaHotLoadStatus) -> int:
+        if replica.loading_state.stage == "error":
+            return 0
+        caught_up = replica.readiness and replica.current_snapshot_identity == row.snapshot_identity
+        return 2 if caught_up else 1
+
+    return HotLoadStatus(replicas=sorted(replicas, key=order))
+
+
+@router.get(HOT_LOAD_PATH)
+async def hot_load_status(request: Request, caller: CallerDep, control: PlaneDep) -> HotLoadStatus:
+    row = await run_in_threadpool(_hot_load_target, request, caller, control)
+    return await _status(control, row)

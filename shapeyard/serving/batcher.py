@@ -1,0 +1,73 @@
+"""Continuous batching, simply: requests that arrive while the engine is busy run together in its next batch.
+
+HTTP handlers `await submit(...)`; one thread takes everything queued, runs one batched `engine.sample`, and
+resolves the waiting futures. The fireworks sampler sends `n` samples as `n` concurrent requests, so this is what
+turns them into one batched decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass
+
+from shapeyard.serving.engine import Completion, Request, SamplingEngine
+
+MAX_BATCH = 64
+
+
+@dataclass
+class _Pending:
+    request: Request
+    future: asyncio.Future[Completion]
+    loop: asyncio.AbstractEventLoop
+
+
+class Batcher:
+    def __init__(self, engine: SamplingEngine) -> None:
+        self.engine = engine
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        threading.Thread(target=self._loop, name="sampling-batcher", daemon=True).start()
+
+    async def submit(self, requests: list[Request]) -> list[Completion]:
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(request, loop.create_future(), loop) for request in requests]
+        for item in pending:
+            self._queue.put(item)
+        return list(await asyncio.gather(*(item.future for item in pending)))
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.engine.sample([item.request for item in batch])
+            except Exception as exc:  # a bad request fails its batch; run the others again one by one
+                if len(batch) == 1:
+                    _resolve(batch[0], exc)
+                    continue
+                for item in batch:
+                    try:
+                        _resolve(item, self.engine.sample([item.request])[0])
+                    except Exception as single:
+                        _resolve(item, single)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                _resolve(item, result)
+
+
+def _resolve(item: _Pending, outcome: Completion | BaseException) -> None:
+    def settle() -> None:
+        if item.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome)
+
+    item.loop.call_soon_threadsafe(settle)
