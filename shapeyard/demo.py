@@ -1,7 +1,8 @@
 """`make demo`: full-parameter SFT of the embedded tiny model on two-digit addition, on a CPU training shape.
 
 An in-process shapeyard server; the shape resolved by id to its latest validated version; the SFT recipe through
-the real trainer worker; then held-out loss and exact-match accuracy (greedy decoding) before and after.
+the real trainer worker, with a deployment on the shape's linked deployment shape; held-out loss and exact-match
+accuracy (greedy) measured by sampling that deployment: before training, and after hot-loading the trained weights.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from shapeyard.config import ServerSettings
 from shapeyard.cookbook import sft
 from shapeyard.cookbook.config import ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
-from shapeyard.cookbook.evaluation import exact_match, heldout_loss, load_snapshot, snapshot_tokenizer
 from shapeyard.cookbook.tasks import digits
 from shapeyard.models import tiny
 from shapeyard.server import EmbeddedServer
@@ -35,9 +35,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shapeyard-demo-"))
     train, test = digits.addition_splits()
     write_jsonl(train, work / "addition-train.jsonl")
-    base = tiny.ensure_tiny_model()
-    base_model, tokenizer = load_snapshot(base), snapshot_tokenizer(base)
-    before = heldout_loss(base_model, tokenizer, test), exact_match(base_model, tokenizer, test)
+    write_jsonl(test, work / "addition-test.jsonl")
+    tiny.ensure_tiny_model()
 
     with EmbeddedServer(ServerSettings(data_dir=work / "server", port=0)) as server:
         console.rule(f"shapeyard server at {server.base_url}")
@@ -65,15 +64,15 @@ def main() -> None:
             warmup_steps=RECIPE["warmup_steps"],
             final_learning_rate_fraction=RECIPE["final_fraction"],
             log_dir=work / "run",
+            eval_every=RECIPE["steps"],  # before training and at the end
+            eval_data=work / "addition-test.jsonl",
         )
         result = sft.run(config)
-        snapshot = server.settings.job_dir(server.keys.account, result.job_id) / "sampler" / result.sampler_path
-        trained = load_snapshot(snapshot)
-        after = heldout_loss(trained, tokenizer, test), exact_match(trained, tokenizer, test)
+    before, after = result.evaluations[0], result.evaluations[-1]
 
-    table = Table("", "before", "after", title="two-digit addition, held-out problems")
-    table.add_row("loss per answer token", f"{before[0]:.3f}", f"{after[0]:.3f}")
-    table.add_row("exact-match accuracy (greedy)", f"{before[1]:.1%}", f"{after[1]:.1%}")
+    table = Table("", "before", "after", title="two-digit addition, held-out problems, sampled from the deployment")
+    table.add_row("loss per answer token", f"{before['heldout_loss']:.3f}", f"{after['heldout_loss']:.3f}")
+    table.add_row("exact-match accuracy (greedy)", f"{before['exact_match']:.1%}", f"{after['exact_match']:.1%}")
     console.print(table)
     console.print(
         f"training loss {result.first_loss:.3f} -> {result.final_loss:.3f} over {result.steps} steps; "

@@ -39,9 +39,13 @@ class DeploymentSampler:
     def close(self) -> None:
         self._http.close()
 
-    def sample(
+    def sample(self, prompt: list[int], **options: Any) -> list[SampledSequence]:
+        """`n` samples of one prompt."""
+        return self.sample_batch([prompt], **options)
+
+    def sample_batch(
         self,
-        prompt: list[int],
+        prompts: list[list[int]],
         *,
         n: int = 1,
         max_tokens: int = 16,
@@ -54,9 +58,10 @@ class DeploymentSampler:
         prompt_logprobs: bool = False,
         retry_for: float = 120.0,
     ) -> list[SampledSequence]:
+        """One request for all prompts (the replica decodes them as one batch): `n` samples per prompt, in order."""
         request = CompletionRequest(
             model=self.deployment,
-            prompt=prompt,
+            prompt=prompts,
             n=n,
             max_tokens=max_tokens,
             temperature=temperature,
@@ -69,7 +74,11 @@ class DeploymentSampler:
             echo=prompt_logprobs,
         )
         answer = self._post(request.model_dump(exclude_none=True), retry_for)
-        return [_sequence(choice, len(prompt), prompt_logprobs) for choice in answer["choices"]]
+        lengths = [len(prompt) for prompt in prompts for _ in range(n)]
+        return [
+            _sequence(choice, length, prompt_logprobs)
+            for choice, length in zip(answer["choices"], lengths, strict=True)
+        ]
 
     def _post(self, body: dict[str, Any], retry_for: float) -> dict[str, Any]:
         deadline = time.monotonic() + retry_for

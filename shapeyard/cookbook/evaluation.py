@@ -1,4 +1,5 @@
-"""Exact-match accuracy by greedy decoding of a sampler snapshot, in-process (plain transformers / peft)."""
+"""Exact-match accuracy and held-out loss: by sampling a deployment, or in-process from a sampler snapshot (plain
+transformers / peft, for checking that a snapshot stands on its own)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from shapeyard.client.sampling import DeploymentSampler
 from shapeyard.cookbook.renderers import render_chat, render_prompt
 
 
@@ -76,3 +78,27 @@ def snapshot_tokenizer(path: Path) -> Any:
     if (path / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(path)
     return AutoTokenizer.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path)
+
+
+def deployment_exact_match(
+    sampler: DeploymentSampler, tokenizer: Any, examples: list[dict[str, Any]], max_tokens: int = 8
+) -> float:
+    """Exact match of greedy answers sampled from a deployment."""
+    prompts = [render_prompt(tokenizer, e["messages"][:-1]) for e in examples]
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    sampled = sampler.sample_batch(prompts, max_tokens=max_tokens, temperature=0.0, stop_token_ids=stops)
+    answers = [tokenizer.decode(s.tokens, skip_special_tokens=True).strip() for s in sampled]
+    correct = sum(a == e["messages"][-1]["content"].strip() for a, e in zip(answers, examples, strict=True))
+    return correct / len(examples)
+
+
+def deployment_heldout_loss(sampler: DeploymentSampler, tokenizer: Any, examples: list[dict[str, Any]]) -> float:
+    """Mean negative log-likelihood per assistant token, from the deployment's prompt logprobs."""
+    rendered = [render_chat(tokenizer, e["messages"]) for e in examples]
+    scored = sampler.sample_batch([ids for ids, _ in rendered], max_tokens=0, prompt_logprobs=True)
+    total = tokens = 0.0
+    for (_, weights), sequence in zip(rendered, scored, strict=True):
+        for logprob, weight in zip(sequence.prompt_logprobs[1:], weights[1:], strict=True):
+            total -= weight * logprob
+            tokens += weight
+    return total / tokens

@@ -6,6 +6,8 @@ Each step takes `batch_size` examples, sends them as `micro_batches` forward_bac
 on the server), then one optim_step normalised by the number of loss tokens. Metrics go to `<log_dir>/metrics.jsonl`;
 every `save_every` steps a checkpoint (weights and optimizer) is saved, and a rerun with the same log_dir resumes
 from the last one, bit for bit, on the same batches: on the same trainer job if it is still there, else on a new one.
+With `eval_every`, the run also gets a deployment: before training, every `eval_every` steps and at the end it
+hot-loads the current weights and measures exact match (greedy) and held-out loss on `eval_data` by sampling it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoTokenizer
 
-from shapeyard.client import AdamParams, Datum, ModelInput, managed_training
+from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.cookbook.config import Section, ServerSection, TrainerSection
 from shapeyard.cookbook.data import read_jsonl
+from shapeyard.cookbook.evaluation import deployment_exact_match, deployment_heldout_loss
 from shapeyard.cookbook.renderers import render_chat
 from shapeyard.wire.control import JobState
 
@@ -44,6 +47,9 @@ class SFTConfig(Section):
     log_dir: Path = Path("runs/sft")
     seed: int = 0
     keep_job: bool = False  # keep the trainer running after the run (its checkpoints and snapshots stay either way)
+    eval_every: int = 0  # 0: no evaluation (and no deployment)
+    eval_data: Path | None = None  # chat JSONL; the reference answer is the last assistant message
+    eval_examples: int = 200
 
 
 @dataclass
@@ -54,6 +60,7 @@ class SFTResult:
     final_loss: float
     checkpoint: str
     sampler_path: str
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "exact_match", "heldout_loss"}
 
 
 def to_datum(tokens: list[int], weights: list[float]) -> Datum:
@@ -106,6 +113,30 @@ def _live_job(config: SFTConfig, job_id: str | None) -> str | None:
             raise
 
 
+class Evaluator:
+    """Hot-loads a sampler snapshot into the run's deployment and scores held-out examples by sampling it."""
+
+    def __init__(self, config: SFTConfig, managed: ManagedTraining, tokenizer: Any, log: Callable[[dict], None]):
+        if config.eval_data is None:
+            raise ValueError("eval_every needs eval_data")
+        self.examples = read_jsonl(config.eval_data)[: config.eval_examples]
+        self.managed, self.tokenizer, self.log = managed, tokenizer, log
+        self.results: list[dict[str, float]] = []
+
+    def __call__(self, step: int, snapshot: str | None) -> dict[str, float]:
+        if snapshot is not None:
+            self.managed.weight_syncer.hotload(snapshot)
+        sampler = self.managed.sampler
+        record = {
+            "step": step,
+            "exact_match": deployment_exact_match(sampler, self.tokenizer, self.examples),
+            "heldout_loss": deployment_heldout_loss(sampler, self.tokenizer, self.examples),
+        }
+        self.results.append(record)
+        self.log({"eval": record})
+        return record
+
+
 def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     config.log_dir.mkdir(parents=True, exist_ok=True)
     saved = _progress_state(config.log_dir)
@@ -120,6 +151,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
         display_name=trainer.display_name,
         replica_count=trainer.replica_count,
         job_id=trainer.job_id or _live_job(config, saved.get("job_id")),
+        create_deployment=config.eval_every > 0,
     )
     training = managed.training_client
     tokenizer = AutoTokenizer.from_pretrained(training.get_info().model_data.tokenizer_id)
@@ -133,6 +165,14 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
         training.load_state_with_optimizer(f"cross_job://{saved['job_id']}/{saved['checkpoint']}").result()
         start = saved["step"]
     metrics_file = (config.log_dir / "metrics.jsonl").open("a")
+
+    def log(record: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+
+    evaluate = Evaluator(config, managed, tokenizer, log) if config.eval_every else None
+    if evaluate is not None and start == 0:
+        evaluate(0, None)  # the base model, before any training
     first_loss = final_loss = math.nan
     columns = [
         TextColumn("sft"),
@@ -143,7 +183,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     ]
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("sft", total=total, completed=start, loss=math.nan)
-        pending: tuple[int, float, float, list, Any, Any] | None = None
+        pending: tuple[int, float, float, list, Any, Any, Any] | None = None
         for step in range(start, total + 1):
             # Submit this step before reading the last one's results, so the trainer never waits on the network.
             submitted = None
@@ -158,9 +198,11 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
                 optim = training.optim_step(AdamParams(learning_rate=lr, weight_decay=0.0), "num_loss_tokens")
                 due = config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total
                 saving = training.save_state(f"step-{step + 1}") if due else None  # ordered after this step's update
-                submitted = (step, lr, time.monotonic(), futures, optim, saving)
+                evaluating = (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == total
+                snapshot = training.save_weights_for_sampler(f"eval-{step + 1}") if evaluate and evaluating else None
+                submitted = (step, lr, time.monotonic(), futures, optim, saving, snapshot)
             if pending is not None:
-                done, lr_done, began, futures_done, optim_done, saving_done = pending
+                done, lr_done, began, futures_done, optim_done, saving_done, snapshot_done = pending
                 outputs = [future.result() for future in futures_done]
                 grad_norm = optim_done.result().metrics.get("grad_norm")
                 tokens = sum(out.metrics["response_tokens:sum"] for out in outputs)
@@ -174,11 +216,17 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
                     "grad_norm": grad_norm,
                     "seconds": time.monotonic() - began,
                 }
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                log(record)
                 progress.update(task, advance=1, loss=final_loss)
                 if saving_done is not None:
                     _record_checkpoint(config.log_dir, managed.job_id, done + 1, saving_done.result().path)
+                if snapshot_done is not None:
+                    scores = evaluate(done + 1, snapshot_done.result().path)
+                    if show_progress:
+                        progress.console.print(
+                            f"step {done + 1}: exact match {scores['exact_match']:.1%}, "
+                            f"held-out loss {scores['heldout_loss']:.3f}"
+                        )
             pending = submitted
     metrics_file.close()
     checkpoint = _record_checkpoint(
@@ -186,7 +234,8 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     )
     sampler = training.save_weights_for_sampler(f"final-{total}").result().path
     managed.close(delete_job=not config.keep_job)
-    return SFTResult(managed.job_id, total, first_loss, final_loss, checkpoint, sampler)
+    evaluations = evaluate.results if evaluate else []
+    return SFTResult(managed.job_id, total, first_loss, final_loss, checkpoint, sampler, evaluations)
 
 
 def _record_checkpoint(log_dir: Path, job_id: str, step: int, path: str) -> str:

@@ -16,7 +16,7 @@ import math
 import secrets
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +57,11 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)  # matched on the decoded completion text
+
+    def for_sample(self, index: int) -> SamplingParams:
+        """The i-th of n samples of one request: a seeded request gives each its own seed, so that they differ
+        yet stay reproducible."""
+        return self if self.seed is None or index == 0 else replace(self, seed=self.seed + index)
 
 
 @dataclass

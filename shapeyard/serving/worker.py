@@ -97,13 +97,6 @@ def _params(body: SamplingFields, max_tokens: int, extra_stop_ids: list[int]) ->
     )
 
 
-def _with_seed(params: SamplingParams, sample: int) -> SamplingParams:
-    """The i-th of n samples of a seeded request gets its own seed, so they differ yet stay reproducible."""
-    if params.seed is None or sample == 0:
-        return params
-    return SamplingParams(**{**params.__dict__, "seed": params.seed + sample})
-
-
 def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader: HotLoader) -> FastAPI:
     batcher = Batcher(engine)
     tokenizer = engine.tokenizer
@@ -139,7 +132,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
         serving()
         params = _params(body, body.max_tokens, [])
         requests = [
-            SampleRequest(prompt, _with_seed(params, i), prompt_logprobs=body.echo)
+            SampleRequest(prompt, params.for_sample(i), prompt_logprobs=body.echo)
             for prompt in prompts(body)
             for i in range(body.n)
         ]
@@ -160,7 +153,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _params(body, max_tokens, [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-        results = await batcher.submit([SampleRequest(list(prompt), _with_seed(params, i)) for i in range(body.n)])
+        results = await batcher.submit([SampleRequest(list(prompt), params.for_sample(i)) for i in range(body.n)])
         if body.stream:
             chunks = responses.chat_chunks(body.model, results, tokenizer, body.logprobs)
             return StreamingResponse(responses.sse(chunks), media_type="text/event-stream")

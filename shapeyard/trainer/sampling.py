@@ -105,7 +105,7 @@ class SamplingSessions:
         requests = [
             Request(
                 prompt,
-                SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + i}),
+                params.for_sample(i),
                 prompt_logprobs=bool(body.prompt_logprobs) and i == 0,
             )
             for i in range(body.num_samples)

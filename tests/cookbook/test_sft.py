@@ -40,9 +40,12 @@ def metrics(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_lora_sft_learns_a_new_digit_task(training_server: RunningServer, tmp_path: Path):
+def test_lora_sft_learns_a_new_digit_task_and_evaluates_on_its_deployment(
+    training_server: RunningServer, tmp_path: Path
+):
     train, test = digits.flip_splits(test_size=100)
     data = write_jsonl(train, tmp_path / "train.jsonl")
+    held_out = write_jsonl(test, tmp_path / "test.jsonl")
     base = tiny.ensure_tiny_model()
     tokenizer = snapshot_tokenizer(base)
     before = exact_match(load_snapshot(base), tokenizer, test)
@@ -54,6 +57,8 @@ def test_lora_sft_learns_a_new_digit_task(training_server: RunningServer, tmp_pa
         steps=90,
         warmup_steps=5,
         final_learning_rate_fraction=0.1,
+        eval_every=45,
+        eval_data=held_out,
         trainer={
             "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora",
             "lora_rank": 16,
@@ -66,6 +71,12 @@ def test_lora_sft_learns_a_new_digit_task(training_server: RunningServer, tmp_pa
     after = exact_match(load_snapshot(snapshot), tokenizer, test)
     assert before < 0.1 and after > 0.9, (before, after, result)
     assert result.final_loss < 0.3 * result.first_loss
+    # sampled from the deployment after each hot-load: the same greedy answers as the snapshot in-process
+    assert [e["step"] for e in result.evaluations] == [0, 45, 90]
+    assert result.evaluations[0]["exact_match"] == before and result.evaluations[-1]["exact_match"] == after
+    assert result.evaluations[-1]["heldout_loss"] < result.evaluations[0]["heldout_loss"]
+    logged = [m["eval"] for m in metrics(settings.log_dir) if "eval" in m]
+    assert logged == result.evaluations
 
 
 def test_full_parameter_sft_learns_and_a_resumed_run_continues_bit_for_bit(training_server, tmp_path: Path):
