@@ -7,14 +7,14 @@ worker process, which decodes with its own engine and returns per-token logprobs
 
 How the client sends the 8 prompts (`--client`):
   list     one completions request whose prompt is the list of 8 token lists: the same one batch that raw
-           `generate` gets, so this is the like-for-like comparison (the default).
+           `generate` gets, so this is the like-for-like comparison.
   threads  8 concurrent requests of one prompt each, as `DeploymentSampler` users send them; the worker's batcher
-           merges whatever has arrived when its engine comes free, so the 8 may run as more than one decode.
-  both     each of the above, one line each, against the same raw rounds.
+           gathers requests that arrive within 20 ms of each other into one decode.
+  both     each of the above, one line each, against the same raw rounds (the default).
 
 The sides run in alternating rounds, so that load from elsewhere on the machine falls on both alike.
 
-    .venv/bin/python -m bench.sampling_throughput [--rounds 9] [--client list|threads|both]
+    .venv/bin/python -m bench.sampling_throughput [--rounds 9] [--client both|list|threads]
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def measure(clients: list[str], rounds: int) -> tuple[list[float], dict[str, lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--client", choices=["list", "threads", "both"], default="list", help="see the docstring")
+    parser.add_argument("--client", choices=["list", "threads", "both"], default="both", help="see the docstring")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the deployment worker runs one thread too
     clients = ["list", "threads"] if args.client == "both" else [args.client]

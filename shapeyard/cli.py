@@ -22,6 +22,7 @@ from shapeyard.catalog.loader import PUBLIC_ACCOUNT, training_shape_name
 from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.client.futures import RequestFailedError
 from shapeyard.client.managed import JobFailedError
+from shapeyard.client.sampling import HotLoadError, hot_load_and_wait
 from shapeyard.config import DEFAULT_ACCOUNT, DEFAULT_PORT, ServerSettings
 from shapeyard.wire.control import TrainerJobResource, TrainingShapeVersionResource
 
@@ -78,7 +79,7 @@ def _run(action: Any) -> Any:
     except httpx.TransportError as exc:
         console.print(f"[red]cannot reach {Remote.base_url}[/red]: {exc}")
         raise typer.Exit(1) from None
-    except (RequestFailedError, JobFailedError) as exc:
+    except (RequestFailedError, JobFailedError, HotLoadError) as exc:
         console.print(f"[red]failed[/red]: {exc}")
         raise typer.Exit(1) from None
 
@@ -321,6 +322,32 @@ def deployments_show(deployment_id: str) -> None:
     with _client() as client:
         dep = _run(lambda: client.get_deployment(deployment_id))
     _print_fields(dep.name, dep.to_json_dict())
+
+
+@deployments_app.command("hot-load")
+def deployments_hot_load(
+    deployment_id: str,
+    identity: Annotated[str, typer.Argument(help="A sampler snapshot the deployment's trainer job saved.")],
+    wait: Annotated[bool, typer.Option(help="Wait until every replica serves it.")] = True,
+) -> None:
+    """Load a trainer's sampler snapshot on every replica; the old weights serve until it is loaded."""
+    with _client() as client:
+        if wait:
+            _run(lambda: hot_load_and_wait(client, deployment_id, identity))
+        else:
+            _run(lambda: client.hot_load(deployment_id, identity))
+        status = _run(lambda: client.hot_load_status(deployment_id))
+    table = Table("replica", "serving", "ready", "stage", "target")
+    for replica in sorted(status.replicas, key=lambda r: r.replica):
+        state = replica.loading_state
+        table.add_row(
+            str(replica.replica),
+            replica.current_snapshot_identity or "(base model)",
+            "yes" if replica.readiness else "no",
+            state.stage if not state.error else f"{state.stage}: {state.error}",
+            state.target_snapshot_identity or "",
+        )
+    console.print(table)
 
 
 # --- cookbook -------------------------------------------------------------------------------------------

@@ -119,8 +119,9 @@ def tenant(server: RunningServer) -> Iterator[Tenant]:
 
 
 def same_record(after: dict, before: dict) -> bool:
-    """Equal but for what the supervisor may move meanwhile (servers without workers put jobs in PENDING)."""
-    moving = ("state", "statusMessage", "updateTime")
+    """Equal but for what the supervisor may move meanwhile (servers without workers put jobs in PENDING, and
+    deployments report their replicas waiting)."""
+    moving = ("state", "statusMessage", "updateTime", "replicas")
     return {k: v for k, v in after.items() if k not in moving} == {k: v for k, v in before.items() if k not in moving}
 
 

@@ -114,6 +114,24 @@ class HotLoadError(RuntimeError):
     pass
 
 
+def hot_load_and_wait(control: ControlClient, deployment_id: str, identity: str, timeout: float = 600.0) -> None:
+    """Returns once every replica serves `identity`; raises with the replica's error if a load failed."""
+    control.hot_load(deployment_id, identity)
+    deadline = time.monotonic() + timeout
+    while True:
+        first = control.hot_load_status(deployment_id).replicas[:1]  # the replica furthest behind
+        if not first:
+            return  # scaled to zero: replicas load it when they start
+        replica = first[0]
+        if replica.loading_state.stage == "error" and replica.loading_state.target_snapshot_identity == identity:
+            raise HotLoadError(f"replica {replica.replica} could not load {identity}: {replica.loading_state.error}")
+        if replica.readiness and replica.current_snapshot_identity == identity:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{deployment_id} did not load {identity} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 class WeightSyncer:
     """Saves a sampler snapshot on the trainer and hot-loads it into the job's deployment."""
 
@@ -126,20 +144,4 @@ class WeightSyncer:
         return identity
 
     def hotload(self, identity: str, timeout: float = 600.0) -> None:
-        """Returns once every replica serves `identity`; raises with the replica's error if a load failed."""
-        self.control.hot_load(self.deployment_id, identity)
-        deadline = time.monotonic() + timeout
-        while True:
-            first = self.control.hot_load_status(self.deployment_id).replicas[:1]  # the replica furthest behind
-            if not first:
-                return  # scaled to zero: replicas load it when they start
-            replica = first[0]
-            if replica.loading_state.stage == "error" and replica.loading_state.target_snapshot_identity == identity:
-                raise HotLoadError(
-                    f"replica {replica.replica} could not load {identity}: {replica.loading_state.error}"
-                )
-            if replica.readiness and replica.current_snapshot_identity == identity:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.deployment_id} did not load {identity} within {timeout:.0f} s")
-            time.sleep(0.2)
+        hot_load_and_wait(self.control, self.deployment_id, identity, timeout)

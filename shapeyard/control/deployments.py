@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from shapeyard.control.auth import require_account
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
 from shapeyard.control.pagination import paginate
-from shapeyard.control.replicas import replica_statuses, set_deployment_state
+from shapeyard.control.replicas import placement, replica_statuses, set_deployment_state
 from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.shapes.resolve import hot_load_job, linked_deployment_shape, plan_deployment
 from shapeyard.store.accounts import Caller
@@ -93,6 +93,8 @@ def create_deployment(
         plan = plan_deployment(
             session, caller, body, control.catalog.accelerators, accept_shapeless=acceptShapelessRisk
         )
+        if body.max_replica_count > 0:  # hardware this machine lacks is refused now, not left waiting
+            control.launcher.check(placement(control, plan.accelerator_type, plan.accelerator_count))
         row = Deployment(
             name=name,
             account=account,
@@ -110,7 +112,7 @@ def create_deployment(
         )
         session.add(row)
         session.flush()
-        return deployment_resource(row)
+        return deployment_resource(row, replica_statuses(control, row))
 
 
 @router.get("/v1/accounts/{account}/deployments/{deployment_id}")
@@ -167,6 +169,8 @@ def update_deployment(
         high = values.get("max_replica_count", row.max_replica_count)
         if low is None or high is None or low > high:
             raise InvalidArgument(f"minReplicaCount ({low}) must not exceed maxReplicaCount ({high})")
+        if high > 0:
+            control.launcher.check(placement(control, row.accelerator_type, row.accelerator_count))
         if values.get("hot_load_trainer_job"):
             job = hot_load_job(session, caller, values["hot_load_trainer_job"], row.base_model)
             linked = linked_deployment_shape(session, job)

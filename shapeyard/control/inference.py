@@ -93,8 +93,11 @@ async def _relay_completion(request: Request, caller: Caller, control: ControlPl
     replicas = ready_endpoints(control, row)
     if not replicas:
         raise Unavailable(f"deployment {row.name} has no replica ready ({row.state}: {row.status_message})")
-    _, endpoint = replicas[next(_turns) % len(replicas)]
-    response = await _open(control, endpoint, path, body)
+    index, endpoint = replicas[next(_turns) % len(replicas)]
+    try:
+        response = await _open(control, endpoint, path, body)
+    except httpcore.ConnectError:  # it died since the supervisor last looked; it is being restarted
+        raise Unavailable(f"replica {index} of {row.name} is restarting; retry shortly") from None
     content_type = next((v.decode() for k, v in response.headers if k.lower() == b"content-type"), "application/json")
 
     async def stream() -> AsyncIterator[bytes]:

@@ -39,14 +39,10 @@ def set_deployment_state(row: Deployment, state: DeploymentState, message: str =
         row.state, row.status_message, row.update_time = state.value, message, utcnow()
 
 
-def placement(control: ControlPlane, row: Deployment) -> Placement:
-    return Placement(
-        accelerator=control.catalog.accelerators[row.accelerator_type],
-        count=row.accelerator_count,
-        nodes=1,
-        replicas=1,
-        memory_gib=0.0,
-    )
+def placement(control: ControlPlane, accelerator_type: str, accelerator_count: int) -> Placement:
+    """One replica's devices."""
+    accelerator = control.catalog.accelerators[accelerator_type]
+    return Placement(accelerator=accelerator, count=accelerator_count, nodes=1, replicas=1, memory_gib=0.0)
 
 
 def worker_spec(session: Session, control: ControlPlane, row: Deployment, index: int) -> DeploymentWorkerSpec:
@@ -116,7 +112,7 @@ class ReplicaSupervisor:
             name = replica_name(row.name, index)
             status = launcher.status(name)
             if status is None:
-                where = placement(self.control, row)
+                where = placement(self.control, row.accelerator_type, row.accelerator_count)
                 if launcher.has_capacity(where):
                     launcher.start(name, worker_spec(session, self.control, row, index), where)
                 else:

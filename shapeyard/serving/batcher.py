@@ -2,19 +2,26 @@
 
 HTTP handlers `await submit(...)`; one thread takes everything queued, runs one batched `engine.sample`, and
 resolves the waiting futures. The fireworks sampler sends `n` samples as `n` concurrent requests, so this is what
-turns them into one batched decode.
+turns them into one batched decode. Requests relayed one after another arrive some milliseconds apart, so the
+thread keeps gathering until none has arrived for `GATHER_SECONDS`. Measured with 8 concurrent requests on a busy
+2-core machine: without gathering the first decoded alone and the rest after it (0.67x the throughput of one
+batch); a 10 ms gap still split them (0.77x); 20 ms kept them together (0.97x), for 20 ms more latency per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 from shapeyard.serving.engine import Completion, Request, SamplingEngine
 
+log = logging.getLogger("shapeyard.serving")
 MAX_BATCH = 64
+GATHER_SECONDS = 0.02
 
 
 @dataclass
@@ -42,9 +49,10 @@ class Batcher:
             batch = [self._queue.get()]
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=GATHER_SECONDS))
                 except queue.Empty:
                     break
+            began = time.perf_counter()
             try:
                 results = self.engine.sample([item.request for item in batch])
             except Exception as exc:  # a bad request fails its batch; run the others again one by one
@@ -57,6 +65,8 @@ class Batcher:
                     except Exception as single:
                         _resolve(item, single)
                 continue
+            tokens = sum(len(result.tokens) for result in results)
+            log.info("sampled a batch of %d: %d tokens in %.3f s", len(batch), tokens, time.perf_counter() - began)
             for item, result in zip(batch, results, strict=True):
                 _resolve(item, result)
 

@@ -8,7 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from typer.testing import CliRunner
 
+from shapeyard.cli import app
 from shapeyard.client import AdamParams, ApiError, Datum, ModelInput, managed_training
 from shapeyard.client.control import ControlClient
 from shapeyard.client.managed import ManagedTraining
@@ -125,8 +127,12 @@ def test_replicas_restart_when_they_die_load_the_current_snapshot_and_scale_to_z
     wait_replicas(control, deployment_id, 2)
     status = control.hot_load_status(deployment_id)
     assert [replica.current_snapshot_identity for replica in status.replicas] == [identity, identity]
+    logs = serving_server.control.settings.data_dir / "deployments" / "local" / deployment_id
+    served_before = [(logs / f"replica-{i}" / "worker.log").read_text().count("sampled a batch") for i in (0, 1)]
     samples = {tuple(run.sampler.sample(PROMPT, max_tokens=4, temperature=0.0)[0].tokens) for _ in range(4)}
     assert len(samples) == 1  # both replicas serve the same weights
+    served = [(logs / f"replica-{i}" / "worker.log").read_text().count("sampled a batch") for i in (0, 1)]
+    assert [after - before for after, before in zip(served, served_before, strict=True)] == [2, 2]  # round-robin
 
     launcher = serving_server.control.launcher
     victim = f"{run.deployment.name}/replicas/1"
@@ -160,3 +166,14 @@ def test_replicas_restart_when_they_die_load_the_current_snapshot_and_scale_to_z
     control.update_deployment(deployment_id, UpdateDeploymentRequest(min_replica_count=1, max_replica_count=1))
     wait_replicas(control, deployment_id, 1)
     assert run.sampler.sample(PROMPT, max_tokens=2)[0].finish_reason == "length"
+
+
+def test_the_cli_hot_loads_and_shows_every_replica(run: ManagedTraining, serving_server: RunningServer):
+    deployment_id = run.deployment.name.rsplit("/", 1)[1]
+    identity = run.training_client.save_weights_for_sampler("from-cli").result().path
+    remote = ["--base-url", serving_server.base_url, "--api-key", serving_server.api_key, "deployments", "hot-load"]
+    loaded = CliRunner().invoke(app, [*remote, deployment_id, identity])
+    assert loaded.exit_code == 0, loaded.output
+    assert identity in loaded.output and "done" in loaded.output
+    missing = CliRunner().invoke(app, [*remote, deployment_id, "no-such-snapshot"])
+    assert missing.exit_code == 1 and "no-such-snapshot" in missing.output

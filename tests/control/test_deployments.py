@@ -96,6 +96,20 @@ def test_the_shape_owns_the_accelerators(http, job):
     assert text.startswith("acceleratorCount is owned by deployment shape")
 
 
+def test_a_deployment_shape_whose_hardware_is_missing_is_refused(http):
+    gpu_shape = "accounts/fireworks/deploymentShapes/rft-qwen3-0p6b"
+    text = message(deploy(http, baseModel="accounts/fireworks/models/qwen3-0p6b", deploymentShape=gpu_shape)[1])
+    assert "NVIDIA_B200_180GB" in text and "this machine has 0 matching device(s)" in text
+    with_no_replicas = deploy(
+        http,
+        baseModel="accounts/fireworks/models/qwen3-0p6b",
+        deploymentShape=gpu_shape,
+        minReplicaCount=0,
+        maxReplicaCount=0,
+    )[1]
+    assert with_no_replicas.status_code == 200  # nothing runs, so nothing is missing yet
+
+
 def test_shapeless_deployments_need_an_explicit_opt_in(http):
     assert "deploymentShape is required" in message(deploy(http, acceleratorType="CPU")[1])
     dep_id = unique("shapeless")

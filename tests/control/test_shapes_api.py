@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from shapeyard.control import accounts, deployments, gateway, jobs, serverless, shapes
+from shapeyard.control import accounts, deployments, gateway, inference, jobs, serverless, shapes
 from tests.conftest import RunningServer, unique
 
 TINY = "accounts/fireworks/models/tiny-qwen3"
@@ -178,7 +178,7 @@ def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
     spec = http.get("/openapi.json").json()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
     routers = [server.app.router] + [
-        module.router for module in (accounts, deployments, gateway, jobs, serverless, shapes)
+        module.router for module in (accounts, deployments, gateway, inference, jobs, serverless, shapes)
     ]
     served = {
         (route.path.replace(":path}", "}"), method)
@@ -215,8 +215,14 @@ def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
         ("/healthz", "GET"),
         ("/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/{path}", "GET"),
         ("/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/{path}", "POST"),
+        ("/inference/v1/completions", "POST"),
+        ("/v1/completions", "POST"),
+        ("/v1/chat/completions", "POST"),
+        ("/hot_load/v1/models/hot_load", "POST"),
+        ("/hot_load/v1/models/hot_load", "GET"),
         ("/api/v1/healthz", "GET"),
         ("/api/v1/get_server_capabilities", "GET"),
+        ("/api/v1/samplers/{sampler_id}", "GET"),
         *(
             (f"/api/v1/{route}", "POST")
             for route in (
@@ -227,6 +233,8 @@ def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
                 "create_model",
                 "retrieve_future",
                 "weights_info",
+                "create_sampling_session",
+                "asample",
                 "forward",
                 "forward_backward",
                 "optim_step",

@@ -50,7 +50,7 @@ def test_restart_keeps_everything_and_accounts_stay_isolated(tmp_path: Path, dat
     with run_server(tmp_path / "second", database_url) as server:
         with server.http() as http:
             assert same_record(http.get("/v1/accounts/local/rlorTrainerJobs/kept").json(), job)
-            assert http.get("/v1/accounts/local/deployments/kept-dep").json() == dep
+            assert same_record(http.get("/v1/accounts/local/deployments/kept-dep").json(), dep)
             assert http.get("/v1/accounts/local/trainingShapes/mine").json() == shape
             assert http.get("/v1/accounts/fireworks/trainingShapes/-/versions").json()["totalSize"] == catalog_size
         with server.http(other_key) as http:
