@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.client.sampling import DeploymentSampler, WeightSyncer
@@ -31,6 +33,8 @@ from shapeyard.wire.control import (
     TrainingConfig,
     TrainingShapeVersionResource,
 )
+
+T = TypeVar("T", TrainerJobResource, DeploymentResource)
 
 
 class JobFailedError(RuntimeError):
@@ -67,32 +71,28 @@ class ManagedTraining:
         self.control.close()
 
 
-def wait_until_running(control: ControlClient, job_id: str, timeout: float = 900.0) -> TrainerJobResource:
+def _wait(fetch: Callable[[], T], ready: str, waiting: set[str], timeout: float) -> T:
+    """Poll a job or deployment until it is `ready`; any state outside `waiting` is a failure."""
     deadline = time.monotonic() + timeout
     while True:
-        job = control.get_trainer_job(job_id)
-        if job.state == JobState.RUNNING:
-            return job
-        if job.state not in (JobState.CREATING, JobState.PENDING):
-            raise JobFailedError(f"trainer job {job.name} is {job.state.value}: {job.status_message}")
+        resource = fetch()
+        if resource.state == ready:
+            return resource
+        if resource.state not in waiting:
+            raise JobFailedError(f"{resource.name} is {resource.state.value}: {resource.status_message}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"trainer job {job.name} is still {job.state.value} after {timeout:.0f} s")
+            raise TimeoutError(f"{resource.name} is still {resource.state.value} after {timeout:.0f} s")
         time.sleep(0.3)
+
+
+def wait_until_running(control: ControlClient, job_id: str, timeout: float = 900.0) -> TrainerJobResource:
+    waiting = {JobState.CREATING, JobState.PENDING}
+    return _wait(lambda: control.get_trainer_job(job_id), JobState.RUNNING, waiting, timeout)
 
 
 def wait_until_serving(control: ControlClient, deployment_id: str, timeout: float = 900.0) -> DeploymentResource:
-    deadline = time.monotonic() + timeout
-    while True:
-        deployment = control.get_deployment(deployment_id)
-        if deployment.state == DeploymentState.READY:
-            return deployment
-        if deployment.state in (DeploymentState.FAILED, DeploymentState.DELETED, DeploymentState.DELETING):
-            raise JobFailedError(
-                f"deployment {deployment.name} is {deployment.state.value}: {deployment.status_message}"
-            )
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"deployment {deployment.name} is still {deployment.state.value} after {timeout:.0f} s")
-        time.sleep(0.3)
+    waiting = {DeploymentState.CREATING, DeploymentState.UPDATING}
+    return _wait(lambda: control.get_deployment(deployment_id), DeploymentState.READY, waiting, timeout)
 
 
 def managed_training(

@@ -10,21 +10,19 @@ Routes (reached only through the control plane, which adds the worker token):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import FailedPrecondition, HotLoadInProgress, InvalidArgument, Unauthenticated
-from shapeyard.launch.child import exit_with_parent
+from shapeyard.launch.child import start_worker
 from shapeyard.models.loading import weights_path
 from shapeyard.serving import responses
 from shapeyard.serving.batcher import Batcher
@@ -175,13 +173,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True, help="the worker spec JSON written by the launcher")
-    args = parser.parse_args()
-    spec = DeploymentWorkerSpec.model_validate_json(Path(args.spec).read_text())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    exit_with_parent()
-    torch.set_num_threads(spec.threads)
+    spec = start_worker(DeploymentWorkerSpec, __doc__)
     log.info("loading %s on %s for %s replica %d", spec.base_model, spec.device, spec.deployment_name, spec.replica)
     engine = SamplingEngine(weights_path(spec.weights), spec.device, spec.max_context_length)
     loader = HotLoader(engine, spec.replica)

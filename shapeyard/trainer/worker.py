@@ -8,22 +8,19 @@ gateway's token, loads the model before it starts listening, and exits when its 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import InvalidArgument, NotFound, Unauthenticated
-from shapeyard.launch.child import exit_with_parent
+from shapeyard.launch.child import start_worker
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.trainer.backend import BackendConfig, ModelKind, TrainerBackend
 from shapeyard.trainer.engine import Engine
@@ -305,13 +302,7 @@ def build_service(spec: TrainerWorkerSpec) -> TrainerService:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True, help="the worker spec JSON written by the launcher")
-    args = parser.parse_args()
-    spec = TrainerWorkerSpec.model_validate_json(Path(args.spec).read_text())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    exit_with_parent()
-    torch.set_num_threads(spec.threads)
+    spec = start_worker(TrainerWorkerSpec, __doc__)
     log.info("loading %s on %s for %s", spec.base_model, spec.device, spec.job_name)
     service = build_service(spec)
     log.info("serving %s on %s:%d", spec.job_name, spec.host, spec.port)
