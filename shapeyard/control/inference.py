@@ -147,14 +147,7 @@ def _snapshot_path(control: ControlPlane, row: Deployment, identity: str) -> Pat
 async def hot_load(body: HotLoadRequest, request: Request, caller: CallerDep, control: PlaneDep) -> HotLoadStatus:
     row = await run_in_threadpool(_hot_load_target, request, caller, control)
     path = _snapshot_path(control, row, body.identity)
-
-    def remember() -> None:
-        # replicas that start later (restarts, scale-up) load it first
-        with control.db.session() as session:
-            stored = session.get(Deployment, row.name)
-            stored.snapshot_identity, stored.snapshot_path = body.identity, str(path)
-
-    await run_in_threadpool(remember)
+    await run_in_threadpool(_remember, control, row.name, body.identity, path)
     payload = WorkerHotLoad(identity=body.identity, path=str(path)).model_dump_json().encode()
     for _, endpoint in ready_endpoints(control, row):
         status, _, content = await call_worker(
@@ -165,6 +158,13 @@ async def hot_load(body: HotLoadRequest, request: Request, caller: CallerDep, co
             raise FailedPrecondition(error.get("message", content.decode()))
     row.snapshot_identity = body.identity
     return await _status(control, row)
+
+
+def _remember(control: ControlPlane, name: str, identity: str | None, path: Path | None) -> None:
+    """The snapshot the deployment serves: replicas that start later (restarts, scale-up) load it first."""
+    with control.db.session() as session:
+        stored = session.get(Deployment, name)
+        stored.snapshot_identity, stored.snapshot_path = identity, str(path) if path else None
 
 
 async def _status(control: ControlPlane, row: Deployment) -> HotLoadStatus:
@@ -184,6 +184,16 @@ async def _status(control: ControlPlane, row: Deployment) -> HotLoadStatus:
         )
         for index in range(desired_replicas(row))
     ]
+    failed = [
+        replica
+        for replica in answered.values()
+        if replica.loading_state.stage == "error"
+        and replica.loading_state.target_snapshot_identity == row.snapshot_identity
+    ]
+    if failed:  # what failed to load must not be what restarted replicas load: back to what is served
+        served = failed[0].current_snapshot_identity
+        path = _snapshot_path(control, row, served) if served else None
+        await run_in_threadpool(_remember, control, row.name, served, path)
 
     def order(replica: ReplicaHotLoadStatus) -> int:
         if replica.loading_state.stage == "error":

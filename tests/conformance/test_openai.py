@@ -70,6 +70,10 @@ def test_errors_name_the_field(client: openai.OpenAI, deployment: tuple[RunningS
         client.completions.create(model=model, prompt="1+1=", temperature=-1)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model=f"{model}-missing", prompt="1+1=")
+    server, _ = deployment
+    stranger = openai.OpenAI(base_url=str(client.base_url), api_key=server.add_account(unique("other")), max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="not found"):  # another account's deployment
+        stranger.completions.create(model=model, prompt="1+1=")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=str(client.base_url), api_key="fw_wrong", max_retries=0).completions.create(
             model=model, prompt="1+1="

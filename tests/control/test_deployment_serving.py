@@ -15,6 +15,7 @@ from shapeyard.client import AdamParams, ApiError, Datum, ModelInput, managed_tr
 from shapeyard.client.control import ControlClient
 from shapeyard.client.managed import ManagedTraining
 from shapeyard.client.sampling import HotLoadError
+from shapeyard.store.tables import Deployment
 from shapeyard.wire.control import DeploymentResource, UpdateDeploymentRequest
 from tests.conftest import RunningServer, run_server, unique
 
@@ -116,6 +117,8 @@ def test_a_bad_or_missing_snapshot_leaves_the_old_weights_serving(run: ManagedTr
     assert still.tokens == before.tokens and still.logprobs == before.logprobs
     status = run.control.hot_load_status(deployment_id).replicas[0]
     assert status.current_snapshot_identity == serving and status.loading_state.stage == "error"
+    with serving_server.control.db.session() as session:  # a replica starting later loads what is served
+        assert session.get(Deployment, run.deployment.name).snapshot_identity == serving
 
 
 def test_replicas_restart_when_they_die_load_the_current_snapshot_and_scale_to_zero(
