@@ -235,12 +235,16 @@ async def _create_model(state: _Serverless, control: Any, caller: Caller, body: 
         return RequestFailed(error=f"{type(exc).__name__}: {exc}", category=ErrorCategory.SERVER).to_json_dict()
 
 
+def _check_session(state: _Serverless, caller: Caller, session_id: str) -> None:
+    if state.sessions.get(session_id) != caller.account:
+        raise NotFound(f"session {session_id!r} not found; call create_session first")
+
+
 @router.post("/create_model")
 async def create_model(request: Request, caller: CallerDep, control: PlaneDep) -> JSONResponse:
     state = _state(request)
     body = CreateModelRequest.model_validate(await request.json())
-    if state.sessions.get(body.session_id) != caller.account:
-        raise NotFound(f"session {body.session_id!r} not found; call create_session first")
+    _check_session(state, caller, body.session_id)
     request_id = f"sl-{secrets.token_hex(8)}"
     state.futures[request_id] = asyncio.ensure_future(_create_model(state, control, caller, body))
     return JSONResponse(UntypedFuture(request_id=request_id).to_json_dict())
@@ -277,8 +281,7 @@ def _outward(job_id: str, answer: dict) -> dict:
 async def create_sampling_session(request: Request, caller: CallerDep, control: PlaneDep) -> JSONResponse:
     state = _state(request)
     body = CreateSamplingSessionRequest.model_validate(await request.json())
-    if state.sessions.get(body.session_id) != caller.account:
-        raise NotFound(f"session {body.session_id!r} not found; call create_session first")
+    _check_session(state, caller, body.session_id)
     job_id, base_model = await run_in_threadpool(_sampling_job, control, caller, body)
     await _wait_running(control, f"accounts/{caller.account}/rlorTrainerJobs/{job_id}")
     worker_session = await _worker_session(state, control, caller, body.session_id, job_id)
