@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from shapeyard.serving.engine import Completion, Request, SamplingEngine
+from shapeyard.serving.engine import Completion, Request, SamplingEngine, validate
 
 log = logging.getLogger("shapeyard.serving")
 MAX_BATCH = 64
@@ -38,6 +38,9 @@ class Batcher:
         threading.Thread(target=self._loop, name="sampling-batcher", daemon=True).start()
 
     async def submit(self, requests: list[Request]) -> list[Completion]:
+        """Bad requests are refused here, before they could fail a batch they share with others."""
+        for index, request in enumerate(requests):
+            validate(request, index, self.engine.vocab_size, self.engine.max_context_length)
         loop = asyncio.get_running_loop()
         pending = [_Pending(request, loop.create_future(), loop) for request in requests]
         for item in pending:
@@ -55,15 +58,10 @@ class Batcher:
             began = time.perf_counter()
             try:
                 results = self.engine.sample([item.request for item in batch])
-            except Exception as exc:  # a bad request fails its batch; run the others again one by one
-                if len(batch) == 1:
-                    _resolve(batch[0], exc)
-                    continue
+            except Exception as exc:
+                log.exception("a batch of %d failed", len(batch))
                 for item in batch:
-                    try:
-                        _resolve(item, self.engine.sample([item.request])[0])
-                    except Exception as single:
-                        _resolve(item, single)
+                    _resolve(item, exc)
                 continue
             tokens = sum(len(result.tokens) for result in results)
             log.info("sampled a batch of %d: %d tokens in %.3f s", len(batch), tokens, time.perf_counter() - began)
