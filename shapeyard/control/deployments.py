@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from shapeyard.control.auth import require_account
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
 from shapeyard.control.pagination import paginate
-from shapeyard.control.replicas import placement, replica_statuses, set_deployment_state
+from shapeyard.control.replicas import placement, replica_statuses, set_deployment_state, stop_replicas
 from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.shapes.resolve import hot_load_job, linked_deployment_shape, plan_deployment
 from shapeyard.store.accounts import Caller
@@ -204,8 +204,7 @@ def delete_deployment(
     """Stops the replicas. `hard=true` also removes the record, so the id can be used again."""
     with control.lifecycle, control.db.session() as session:
         row = get_deployment(session, caller, account, deployment_id)
-        for replica in control.launcher.running(f"{row.name}/replicas/"):
-            control.launcher.stop(replica)
+        stop_replicas(control.launcher, row.name)
         set_deployment_state(row, DeploymentState.DELETED, "deleted by request")
         resource = deployment_resource(row)
         if hard:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from shapeyard.launch.base import Endpoint, Placement, WorkerState
+from shapeyard.launch.base import Endpoint, Launcher, Placement, WorkerState
 from shapeyard.shapes.types import DeploymentShapeSnapshot
 from shapeyard.store import catalog as store
 from shapeyard.store.tables import Deployment, DeploymentShapeVersion, utcnow
@@ -28,6 +28,15 @@ DEFAULT_CONTEXT = 4096  # for shapeless deployments
 
 def replica_name(deployment: str, index: int) -> str:
     return f"{deployment}/replicas/{index}"
+
+
+def replicas_running(launcher: Launcher, deployment: str) -> list[str]:
+    return launcher.running(f"{deployment}/replicas/")
+
+
+def stop_replicas(launcher: Launcher, deployment: str) -> None:
+    for name in replicas_running(launcher, deployment):
+        launcher.stop(name)
 
 
 def desired_replicas(row: Deployment) -> int:
@@ -103,7 +112,7 @@ class ReplicaSupervisor:
 
     def reconcile(self, session: Session, row: Deployment) -> None:
         launcher, want = self.control.launcher, desired_replicas(row)
-        for name in launcher.running(f"{row.name}/replicas/"):
+        for name in replicas_running(launcher, row.name):
             if int(name.rsplit("/", 1)[1]) >= want:
                 launcher.stop(name)  # scaled down
         ready = 0
@@ -129,8 +138,7 @@ class ReplicaSupervisor:
                     set_deployment_state(
                         row, DeploymentState.FAILED, f"replica {index} died {deaths} times: {status.detail}"
                     )
-                    for other in launcher.running(f"{row.name}/replicas/"):
-                        launcher.stop(other)
+                    stop_replicas(launcher, row.name)
                     return
         if ready == want:
             message = "scaled to zero" if want == 0 else f"{ready} of {want} replicas ready"
@@ -140,7 +148,3 @@ class ReplicaSupervisor:
         message = "; ".join(filter(None, [f"{ready} of {want} replicas ready", waiting, self.last_death.get(row.name)]))
         first = row.state == DeploymentState.CREATING
         set_deployment_state(row, DeploymentState.CREATING if first else DeploymentState.UPDATING, message)
-
-    def stop_all(self, name: str) -> None:
-        for replica in self.control.launcher.running(f"{name}/replicas/"):
-            self.control.launcher.stop(replica)
