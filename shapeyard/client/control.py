@@ -36,6 +36,17 @@ class ApiError(Exception):
         self.http_status, self.status, self.message = http_status, status, message
 
 
+def raise_for_error(response: httpx.Response) -> None:
+    """A shapeyard error answer (`{"error": {"status", "message"}}`) as an ApiError; others with their text."""
+    if not response.is_error:
+        return
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(response.status_code, "", response.text) from None
+    raise ApiError(response.status_code, error.get("status", ""), error.get("message", ""))
+
+
 def split_version(name: str) -> tuple[str, str | None]:
     shape, _, version = name.partition("/versions/")
     return shape, version or None
@@ -58,12 +69,7 @@ class ControlClient:
 
     def _call(self, method: str, path: str, model: type[T], **kwargs: Any) -> T:
         response = self._http.request(method, path, **kwargs)
-        if response.is_error:
-            try:
-                error = response.json()["error"]
-                raise ApiError(response.status_code, error.get("status", ""), error.get("message", ""))
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(response.status_code, "", response.text) from None
+        raise_for_error(response)
         return model.model_validate(response.json())
 
     def _all_pages(self, path: str, model: type[T], field: str, params: dict[str, Any] | None = None) -> list:

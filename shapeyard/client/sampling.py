@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from shapeyard.client.control import ApiError, ControlClient
+from shapeyard.client.control import ControlClient, raise_for_error
 from shapeyard.client.training import TrainingClient
 from shapeyard.wire.inference import CompletionRequest
 
@@ -87,9 +87,7 @@ class DeploymentSampler:
             if response.status_code in RETRY_STATUSES and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
-            if response.is_error:
-                error = response.json().get("error", {})
-                raise ApiError(response.status_code, error.get("status", ""), error.get("message", response.text))
+            raise_for_error(response)
             return response.json()
 
 

@@ -48,6 +48,17 @@ _FORWARDED_HEADERS = ("content-type", "accept", "x-idempotency-key", "x-stainles
 _TIMEOUTS = {"timeout": {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 60.0}}
 
 
+def raise_worker_error(status: int, content: bytes) -> None:
+    """A worker's error answer, raised with its own status and message."""
+    if status < 400:
+        return
+    try:
+        error = json.loads(content).get("error", {})
+    except (ValueError, AttributeError):
+        error = {}
+    raise WorkerError(status, error.get("status", "UNKNOWN"), error.get("message", content.decode()))
+
+
 async def call_worker(
     pool: httpcore.AsyncConnectionPool,
     endpoint: Endpoint,
@@ -86,11 +97,8 @@ async def relay(
         json.dumps(payload).encode(),
         {**(headers or {}), "content-type": "application/json"},
     )
-    answer = json.loads(content)
-    if status >= 400:
-        error = answer.get("error", {}) if isinstance(answer, dict) else {}
-        raise WorkerError(status, error.get("status", "UNKNOWN"), error.get("message", content.decode()))
-    return answer
+    raise_worker_error(status, content)
+    return json.loads(content)
 
 
 GATEWAY_PATH = "/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/{path:path}"

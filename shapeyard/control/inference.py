@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from shapeyard.control.deployments import get_deployment
 from shapeyard.control.deps import CallerDep, PlaneDep
-from shapeyard.control.gateway import call_worker
+from shapeyard.control.gateway import call_worker, raise_worker_error
 from shapeyard.control.replicas import desired_replicas, ready_endpoints
 from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shapeyard.launch.base import Endpoint
@@ -153,9 +153,7 @@ async def hot_load(body: HotLoadRequest, request: Request, caller: CallerDep, co
         status, _, content = await call_worker(
             control.worker_http, endpoint, "POST", "/hot_load", payload, {"content-type": "application/json"}
         )
-        if status >= 400:
-            error = json.loads(content).get("error", {})
-            raise FailedPrecondition(error.get("message", content.decode()))
+        raise_worker_error(status, content)
     row.snapshot_identity = body.identity
     return await _status(control, row)
 

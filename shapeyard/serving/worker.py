@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from shapeyard.control.app import install_error_handlers
-from shapeyard.errors import FailedPrecondition, HotLoadInProgress, InvalidArgument, Unauthenticated
+from shapeyard.errors import FailedPrecondition, HotLoadInProgress, Unauthenticated
 from shapeyard.launch.child import start_worker
 from shapeyard.models.loading import weights_path
 from shapeyard.serving import responses
@@ -113,12 +113,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
     def prompts(body: CompletionRequest) -> list[list[int]]:
         raw = body.prompt
         items = raw if isinstance(raw, list) and raw and isinstance(raw[0], (str, list)) else [raw]
-        encoded = [
-            tokenizer.encode(item, add_special_tokens=False) if isinstance(item, str) else item for item in items
-        ]
-        if not all(encoded):
-            raise InvalidArgument("prompt: must not be empty")
-        return encoded
+        return [tokenizer.encode(item, add_special_tokens=False) if isinstance(item, str) else item for item in items]
 
     api = APIRouter(dependencies=[Depends(check_token)])
 
