@@ -296,10 +296,14 @@ class TrainerBackend:
         prepared = self.prepare(data, spec, loss_fn)
         outputs: list[dict[str, TensorData] | None] = [None] * len(prepared)
         total = 0.0
+        shares: dict[str, Tensor] = {}
         with self._fresh_gradients(slot.params) if backward else nullcontext(), torch.set_grad_enabled(backward):
             for batch in self._micro_batches(prepared):
                 logps = self._target_logprobs(slot, batch)
                 losses = [spec.fn(logp, item.inputs, config) for logp, (_, item) in zip(logps, batch, strict=True)]
+                for logp, (_, item) in zip(logps, batch, strict=True):
+                    for key, share in spec.metric_shares(logp, item.inputs, config).items():
+                        shares[key] = shares.get(key, 0) + share
                 loss = torch.stack([token_loss.sum() for token_loss in losses]).sum()
                 if not torch.isfinite(loss):
                     raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
@@ -316,6 +320,10 @@ class TrainerBackend:
         metrics = {"loss:sum": total}
         if loss_fn == "cross_entropy":
             metrics["response_tokens:sum"] = float(loss_tokens)
+        for key, share in shares.items():
+            value, count = share.tolist()
+            if count:  # a mean over no tokens is left out rather than made up
+                metrics[key] = value / count
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
 
     @staticmethod

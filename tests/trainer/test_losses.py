@@ -15,6 +15,7 @@ from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
 from shapeyard.trainer.backend import BackendConfig, TrainerBackend
+from shapeyard.trainer.losses import resolve_config
 from shapeyard.wire.trainer import Datum, ImageChunk, LoraConfig, ModelInput, TensorData
 
 torch.set_num_threads(1)
@@ -79,26 +80,51 @@ def reference_logprobs(model: torch.nn.Module, tokens: list[int], targets: list[
     return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(targets)[:, None])[:, 0]
 
 
+# The documented defaults: DAPO's eps 0.2 / 0.28 with ratio_log_cap 20 and dual-clip PPO's c = 3; GSPO's 3e-4 / 4e-4
+# with seq_ratio_log_cap 10.
+DEFAULTS = {
+    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2, "ratio_log_cap": 0.0},
+    "dapo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.28, "ratio_log_cap": 20.0, "eps_clip_c": 3.0},
+    "gspo": {"clip_low_threshold": 1 - 3e-4, "clip_high_threshold": 1 + 4e-4, "seq_ratio_log_cap": 10.0},
+}
+
+
 def expected_token_losses(
     loss_fn: str, logp: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict
 ) -> torch.Tensor:
-    """The Tinker definitions; logp = model logprob, q = sampler logprob, A = advantage, r = exp(logp - q)."""
+    """The Tinker definitions; logp = model logprob, q = sampler logprob, A = advantage, r = exp(logp - q).
+    dapo: PPO with DAPO's asymmetric range and dual-clip PPO's bound; gspo: the GSPO paper's sequence-level
+    objective on every loss token (its gradient is GSPO's when A is constant over the datum)."""
     if loss_fn == "cross_entropy":
         return -(inputs.get("weights", torch.ones_like(logp)) * logp)
     q, advantages = inputs["logprobs"], inputs["advantages"]
     if loss_fn == "dro":
         beta = config.get("beta", 0.05)
         return -(logp * advantages - beta / 2 * (logp - q) ** 2)
+    defaults = DEFAULTS.get(loss_fn, DEFAULTS["ppo"])
+    low = config.get("clip_low_threshold", defaults["clip_low_threshold"])
+    high = config.get("clip_high_threshold", defaults["clip_high_threshold"])
+    if loss_fn == "gspo":
+        live = ((advantages != 0) | (q != 0)).to(logp.dtype)
+        log_s = ((logp - q) * live).sum() / live.sum()
+        cap = config.get("seq_ratio_log_cap", defaults["seq_ratio_log_cap"])
+        log_s = torch.minimum(log_s, torch.tensor(cap, dtype=logp.dtype))
+        s = torch.exp(log_s)
+        return -torch.minimum(s * advantages, torch.clamp(s, low, high) * advantages) * live
     log_ratio = logp - q
-    cap = config.get("ratio_log_cap", 0.0)
+    cap = config.get("ratio_log_cap", defaults["ratio_log_cap"])
     if cap > 0:
         log_ratio = torch.minimum(log_ratio, torch.full_like(log_ratio, cap))
     ratio = torch.exp(log_ratio)
     if loss_fn == "importance_sampling":
         return -(ratio * advantages)
-    clipped = torch.clamp(ratio, config.get("clip_low_threshold", 0.8), config.get("clip_high_threshold", 1.2))
+    clipped = torch.clamp(ratio, low, high)
+    objective = torch.minimum(ratio * advantages, clipped * advantages)
     if loss_fn == "ppo":
-        return -torch.minimum(ratio * advantages, clipped * advantages)
+        return -objective
+    if loss_fn == "dapo":
+        dual = config.get("eps_clip_c", defaults["eps_clip_c"]) * advantages
+        return -torch.where(advantages < 0, torch.maximum(objective, dual), objective)
     assert loss_fn == "cispo"
     return -(clipped.detach() * advantages * logp)
 
@@ -127,18 +153,36 @@ def policy_inputs(reference_logp: torch.Tensor, index: int) -> dict[str, list[fl
     return {"logprobs": q, "advantages": advantages}
 
 
+# Per datum of the "sequence" family: the mean log ratio over its loss positions, and its one advantage.
+SEQUENCE_LOG_RATIOS = (-0.3, 0.05, 0.3)
+SEQUENCE_ADVANTAGES = (1.1, -0.7, 0.9)
+
+
+def sequence_inputs(reference_logp: torch.Tensor, index: int) -> dict[str, list[float]]:
+    """GRPO-style data: one advantage over the completion, and token log ratios whose mean is set, so that with the
+    range [0.8, 1.2] the first datum is clipped low (and still has a gradient), the second not, the third clipped
+    high (no gradient)."""
+    generator = torch.Generator().manual_seed(200 + index)
+    n = len(reference_logp)
+    noise = torch.rand(n - 2, generator=generator) * 0.4 - 0.2
+    log_ratios = noise - noise.mean() + SEQUENCE_LOG_RATIOS[index]
+    q = [0.0, 0.0, *(reference_logp[2:].double() - log_ratios.double()).tolist()]
+    return {"logprobs": q, "advantages": [0.0, 0.0] + [SEQUENCE_ADVANTAGES[index]] * (n - 2)}
+
+
 @pytest.fixture(scope="module")
 def cases(reference: torch.nn.Module) -> dict[str, list[dict[str, Any]]]:
     """Per loss family, each datum as tokens, targets, reference logprobs and loss inputs."""
     seqs = sequences(0)
     with torch.no_grad():
         logps = [reference_logprobs(reference, tokens, targets) for tokens, targets in seqs]
-    built: dict[str, list[dict[str, Any]]] = {"plain": [], "weighted": [], "policy": []}
+    built: dict[str, list[dict[str, Any]]] = {"plain": [], "weighted": [], "policy": [], "sequence": []}
     for index, ((tokens, targets), logp) in enumerate(zip(seqs, logps, strict=True)):
         for family, extra in (
             ("plain", cross_entropy_inputs(targets, index, weighted=False)),
             ("weighted", cross_entropy_inputs(targets, index, weighted=True)),
             ("policy", policy_inputs(logp, index)),
+            ("sequence", sequence_inputs(logp, index)),
         ):
             built[family].append(
                 {"tokens": tokens, "targets": targets, "logp": logp, "inputs": {"target_tokens": targets, **extra}}
@@ -159,6 +203,13 @@ LOSS_CASES = [
     ("cispo", "policy", {"clip_low_threshold": 0.95, "clip_high_threshold": 1.05}),
     ("dro", "policy", None),
     ("dro", "policy", {"beta": 0.7}),
+    ("dapo", "policy", None),
+    ("dapo", "policy", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1, "eps_clip_c": 1.2}),
+    ("dapo", "policy", {"eps_clip_c": 1.3, "ratio_log_cap": 0.3}),
+    ("gspo", "policy", None),
+    ("gspo", "sequence", None),
+    ("gspo", "sequence", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
+    ("gspo", "sequence", {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0, "seq_ratio_log_cap": 0.1}),
 ]
 
 
@@ -205,10 +256,16 @@ def test_loss_value_and_logprobs_match_independent_computation(backend, cases, c
     for key in out.metrics:
         assert key.count(":") == 1, f"metric key {key!r} must be name:reduction"
     if loss_fn == "cross_entropy":
+        assert set(out.metrics) == {"loss:sum", "response_tokens:sum"}  # no RL metrics without sampler logprobs
         weights = [w for item in items for w in item["inputs"].get("weights", [1.0] * len(item["targets"]))]
         assert out.metrics["response_tokens:sum"] == sum(1 for w in weights if w != 0)
         if family == "weighted":
             assert out.metrics["response_tokens:sum"] < sum(len(item["targets"]) for item in items)
+
+
+@pytest.mark.parametrize("loss_fn", DEFAULTS)
+def test_defaults_are_the_documented_ones(loss_fn) -> None:
+    assert resolve_config(loss_fn, None) == pytest.approx(DEFAULTS[loss_fn], rel=1e-12)
 
 
 def test_policy_data_exercises_the_clip_range_and_the_cap(cases) -> None:
@@ -222,6 +279,19 @@ def test_policy_data_exercises_the_clip_range_and_the_cap(cases) -> None:
     ratios = torch.cat(log_ratios).exp()
     assert (ratios < 0.8).any() and (ratios > 1.2).any() and ((ratios > 0.9) & (ratios < 1.1)).any()
     assert (torch.cat(log_ratios) > 0.3).any()
+    # dapo's dual clip (c = 1.2 or 1.3) binds on some negative advantages
+    negative = torch.cat([as_tensors(item["inputs"])["advantages"] for item in cases["policy"]])
+    negative = negative[negative != 0] < 0
+    assert (negative & (ratios > 1.3)).any()
+
+
+def test_sequence_data_has_the_intended_sequence_ratios(cases) -> None:
+    for item, log_ratio in zip(cases["sequence"], SEQUENCE_LOG_RATIOS, strict=True):
+        inputs = as_tensors(item["inputs"])
+        live = inputs["advantages"] != 0
+        token_log_ratios = (item["logp"].double() - inputs["logprobs"])[live]
+        assert float(token_log_ratios.mean()) == pytest.approx(log_ratio, abs=1e-6)
+        assert float(token_log_ratios.std()) > 0.05  # the geometric mean is not just every token's ratio
 
 
 def test_ppo_clipping_changes_the_loss(backend, cases) -> None:
@@ -243,6 +313,8 @@ GRADIENT_CASES = [
     ("ppo", "policy", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}),
     ("cispo", "policy", None),
     ("dro", "policy", {"beta": 0.7}),
+    ("dapo", "policy", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1, "eps_clip_c": 1.2}),
+    ("gspo", "sequence", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
 ]
 
 
@@ -300,6 +372,164 @@ def test_cispo_gradient_treats_the_clipped_ratio_as_constant(model_path, tmp_pat
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_gspo_gradient_per_token_carries_the_sequence_ratio(model_path, tmp_path, cases) -> None:
+    """GSPO-token with per-token advantages: each token's gradient is that of cross_entropy weighted by s * A_t, and
+    none where the min picks the clipped ratio (s > hi with A_t > 0, s < lo with A_t < 0)."""
+    items = cases["policy"]
+    gspo, gspo_id = make_backend(model_path, tmp_path / "gspo")
+    gspo.forward(gspo_id, [datum(item["tokens"], **item["inputs"]) for item in items], "gspo", None, True)
+    weighted, weighted_id = make_backend(model_path, tmp_path / "ce")
+    data, active = [], 0
+    for item in items:
+        inputs = as_tensors(item["inputs"])
+        live = inputs["advantages"] != 0
+        s = torch.exp((item["logp"].double() - inputs["logprobs"])[live].mean())
+        advantages = inputs["advantages"]
+        clipped = ((s > DEFAULTS["gspo"]["clip_high_threshold"]) & (advantages > 0)) | (
+            (s < DEFAULTS["gspo"]["clip_low_threshold"]) & (advantages < 0)
+        )
+        weights = torch.where(clipped, 0.0, s * advantages)
+        active += int((weights != 0).sum())
+        data.append(datum(item["tokens"], target_tokens=item["targets"], weights=weights.tolist()))
+    assert 0 < active < sum(int((as_tensors(i["inputs"])["advantages"] != 0).sum()) for i in items)
+    weighted.forward(weighted_id, data, "cross_entropy", None, True)
+    for (name, a), (_, b) in zip(gspo.base.named_parameters(), weighted.base.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# --- RL metrics ---------------------------------------------------------------------------------------
+
+
+def expected_metrics(loss_fn: str, items: list[dict[str, Any]], config: dict) -> dict[str, float]:
+    """Means over every loss token of the request (token-weighted across data); gspo's clip fractions over its
+    sequences. KL(sampler || learner) from the sampler's tokens: k1 = q - logp, k3 = r - 1 - log r."""
+    defaults = DEFAULTS.get(loss_fn, DEFAULTS["ppo"])
+    low = config.get("clip_low_threshold", defaults["clip_low_threshold"])
+    high = config.get("clip_high_threshold", defaults["clip_high_threshold"])
+    log_ratios, advantages, sequence_ratios = [], [], []
+    for item in items:
+        inputs = as_tensors(item["inputs"])
+        live = (inputs["advantages"] != 0) | (inputs["logprobs"] != 0)
+        log_ratios.append((item["logp"].double() - inputs["logprobs"])[live])
+        advantages.append(inputs["advantages"][live])
+        sequence_ratios.append(float(log_ratios[-1].mean().exp()))
+    log_ratio, advantage = torch.cat(log_ratios), torch.cat(advantages)
+    ratio = log_ratio.exp()
+    expected = {
+        "kl_sampler_k1:mean": float((-log_ratio).mean()),
+        "kl_sampler_k3:mean": float((ratio - 1 - log_ratio).mean()),
+        "ratio:mean": float(ratio.mean()),
+    }
+    if loss_fn in ("ppo", "cispo", "dapo"):
+        capped = log_ratio.clamp(max=config.get("ratio_log_cap", defaults["ratio_log_cap"]) or math.inf).exp()
+        expected["clip_low_frac:mean"] = float((capped < low).double().mean())
+        expected["clip_high_frac:mean"] = float((capped > high).double().mean())
+        if loss_fn == "dapo":
+            dual = (advantage < 0) & (torch.clamp(capped, min=low) > config.get("eps_clip_c", defaults["eps_clip_c"]))
+            expected["dual_clip_frac:mean"] = float(dual.double().mean())
+    if loss_fn == "gspo":
+        expected["seq_clip_low_frac:mean"] = sum(s < low for s in sequence_ratios) / len(items)
+        expected["seq_clip_high_frac:mean"] = sum(s > high for s in sequence_ratios) / len(items)
+    return expected
+
+
+METRIC_CASES = [
+    ("importance_sampling", "policy", None),
+    ("dro", "policy", None),
+    ("ppo", "policy", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}),
+    ("cispo", "policy", {"ratio_log_cap": 0.1}),
+    ("dapo", "policy", {"eps_clip_c": 1.2}),
+    ("gspo", "sequence", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
+]
+
+
+@pytest.mark.parametrize("micro_batches", [False, True], ids=["one-batch", "a-batch-per-datum"])
+@pytest.mark.parametrize("case", METRIC_CASES, ids=case_id)
+def test_rl_metrics_match_independent_computation(backend, cases, case, micro_batches, monkeypatch) -> None:
+    loss_fn, family, config = case
+    if micro_batches:
+        monkeypatch.setattr("shapeyard.trainer.backend.LOGITS_BUDGET", VOCAB)  # room for one token's logits
+    trainer, model_id = backend
+    items = cases[family]
+    out = trainer.forward(model_id, [datum(item["tokens"], **item["inputs"]) for item in items], loss_fn, config, False)
+    expected = expected_metrics(loss_fn, items, config or {})
+    assert set(out.metrics) == {"loss:sum", *expected}
+    for key, value in expected.items():
+        assert out.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert out.metrics["kl_sampler_k3:mean"] > 0.01 and out.metrics["ratio:mean"] != pytest.approx(1.0, abs=1e-2)
+    # the datums have different numbers of loss tokens: a mean of per-datum means would differ
+    per_datum = [expected_metrics(loss_fn, [item], config or {})["kl_sampler_k1:mean"] for item in items]
+    assert out.metrics["kl_sampler_k1:mean"] != pytest.approx(sum(per_datum) / len(per_datum), abs=1e-4)
+    clip_keys = [key for key in expected if "clip" in key]
+    assert any(0 < expected[key] < 1 for key in clip_keys) or loss_fn in ("importance_sampling", "dro")
+
+
+def known_ratio_datum(item: dict[str, Any], log_ratios: list[float], advantages: list[float]) -> Datum:
+    """The datum's first positions are a prompt (q = 0, A = 0); then each loss token gets the given log ratio."""
+    prompt = len(item["targets"]) - len(log_ratios)
+    q = [0.0] * prompt + (item["logp"][prompt:].double() - torch.tensor(log_ratios, dtype=torch.float64)).tolist()
+    return datum(item["tokens"], target_tokens=item["targets"], logprobs=q, advantages=[0.0] * prompt + advantages)
+
+
+LN2 = math.log(2)
+
+
+@pytest.mark.parametrize("loss_fn", ["ppo", "cispo", "dapo"])
+def test_clip_fractions_with_known_clipping(backend, cases, loss_fn) -> None:
+    """Ratios 2 and 1/2 fall outside [0.8, 1.28]; dapo's dual clip c = 1.5 binds on the ratio-2 token with A < 0."""
+    trainer, model_id = backend
+    first, second = cases["plain"][0], cases["plain"][1]  # 6 and 11 positions
+    data = [
+        known_ratio_datum(first, [LN2, 0.0, -LN2, 0.1], [-1.0, 1.0, 1.0, 0.5]),
+        known_ratio_datum(second, [LN2, LN2, 0.0, 0.0, -0.1, 0.0, 0.0, 0.0], [1.0] * 8),
+    ]
+    config = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.28} | (
+        {"eps_clip_c": 1.5} if loss_fn == "dapo" else {}
+    )
+    out = trainer.forward(model_id, data, loss_fn, config, False)
+    assert out.metrics["clip_high_frac:mean"] == pytest.approx(3 / 12)
+    assert out.metrics["clip_low_frac:mean"] == pytest.approx(1 / 12)
+    # sum of the log ratios: 3 ln2 - ln2 + 0.1 - 0.1
+    assert out.metrics["kl_sampler_k1:mean"] == pytest.approx(-2 * LN2 / 12, abs=1e-5)
+    assert out.metrics["ratio:mean"] == pytest.approx((3 * 2 + 0.5 + math.exp(0.1) + math.exp(-0.1) + 6) / 12, abs=1e-5)
+    k3 = 3 * (1 - LN2) + (LN2 - 0.5) + (math.exp(0.1) - 1.1) + (math.exp(-0.1) - 0.9)
+    assert out.metrics["kl_sampler_k3:mean"] == pytest.approx(k3 / 12, abs=1e-5)
+    if loss_fn == "dapo":
+        assert out.metrics["dual_clip_frac:mean"] == pytest.approx(1 / 12)
+        # the dual-clipped token costs c * |A| = 1.5, not |A| * r = 2; the others are PPO's
+        ppo = trainer.forward(model_id, data, "ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.28}, False)
+        assert out.metrics["loss:sum"] == pytest.approx(ppo.metrics["loss:sum"] - 0.5, abs=1e-5)
+    else:
+        assert "dual_clip_frac:mean" not in out.metrics
+
+
+def test_gspo_sequence_clip_fractions_with_known_clipping(backend, cases) -> None:
+    """Sequence ratios exp(0.5), exp(-0.25) and 1 against [0.8, 1.2]: geometric means (the second datum's
+    arithmetic mean ratio is about 1.03, inside the range)."""
+    trainer, model_id = backend
+    items = cases["plain"]
+    data = [
+        known_ratio_datum(items[0], [0.2, 0.8], [1.0, 1.0]),
+        known_ratio_datum(items[1], [-1.5, 0.5, 0.5, -0.5], [1.0, -1.0, 1.0, 1.0]),
+        known_ratio_datum(items[2], [0.4, -0.4, 0.0], [1.0, 1.0, 1.0]),
+    ]
+    out = trainer.forward(model_id, data, "gspo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}, False)
+    assert out.metrics["seq_clip_high_frac:mean"] == pytest.approx(1 / 3)
+    assert out.metrics["seq_clip_low_frac:mean"] == pytest.approx(1 / 3)
+    assert not any(key.startswith("clip_") or key.startswith("dual") for key in out.metrics)
+
+
+def test_rl_metrics_are_left_out_without_loss_tokens(backend, cases) -> None:
+    """A request with no loss positions (all advantages and sampler logprobs zero) has no mean to report."""
+    trainer, model_id = backend
+    item = cases["plain"][0]
+    n = len(item["targets"])
+    data = [datum(item["tokens"], target_tokens=item["targets"], logprobs=[0.0] * n, advantages=[0.0] * n)]
+    for loss_fn in ("ppo", "gspo"):
+        out = trainer.forward(model_id, data, loss_fn, None, False)
+        assert set(out.metrics) == {"loss:sum"} and out.metrics["loss:sum"] == 0.0
+
+
 # --- invalid requests ---------------------------------------------------------------------------------
 
 SEQS = sequences(1, (5, 7))
@@ -338,6 +568,24 @@ INVALID = [
         ["clip_low_threshold <= clip_high_threshold", "1.5", "1.2"],
     ),
     ("clip-low-negative", [policy()], "cispo", {"clip_low_threshold": -0.1}, ["0 <= clip_low_threshold", "-0.1"]),
+    (
+        "dapo-unknown-key",
+        [policy()],
+        "dapo",
+        {"dual_clip": 3.0},
+        ["'dual_clip'", "dapo", "eps_clip_c", "ratio_log_cap"],
+    ),
+    ("gspo-token-cap-key", [policy()], "gspo", {"ratio_log_cap": 5}, ["'ratio_log_cap'", "gspo", "seq_ratio_log_cap"]),
+    ("dapo-eps-clip-c-one", [policy()], "dapo", {"eps_clip_c": 1}, ["eps_clip_c", "greater than 1", "got 1.0"]),
+    ("dapo-eps-clip-c-below", [policy()], "dapo", {"eps_clip_c": 0.5}, ["eps_clip_c", "greater than 1", "0.5"]),
+    (
+        "gspo-clip-low-above-high",
+        [policy()],
+        "gspo",
+        {"clip_high_threshold": 0.9},
+        ["clip_low_threshold <= clip_high_threshold", "0.9997", "0.9"],
+    ),
+    ("dapo-clip-low-negative", [policy()], "dapo", {"clip_low_threshold": -1}, ["0 <= clip_low_threshold", "-1.0"]),
     ("empty-data", [], "cross_entropy", None, ["data is empty"]),
     ("missing-advantages", [policy(), policy(advantages=None)], "ppo", None, ["ppo", "['advantages']", "datum 1"]),
     ("missing-target-tokens", [datum(TOKENS0)], "cross_entropy", None, ["cross_entropy", "['target_tokens']"]),
