@@ -5,6 +5,10 @@
     GET  /hot_load/v1/models/hot_load      per-replica status (header `fireworks-deployment` names the deployment)
 
 Completions go round-robin to the replicas that answer, streamed through as the replica sends them.
+
+Full-parameter weight sync sends a `base` snapshot, then `delta`s, each naming the snapshot it was made against.
+Trainers here write every snapshot in full, so a delta loads like a base; its chain is still checked, so that a client
+that lost track of what the deployment serves fails here as it would on a deployment that applies real deltas.
 """
 
 from __future__ import annotations
@@ -143,9 +147,20 @@ def _snapshot_path(control: ControlPlane, row: Deployment, identity: str) -> Pat
     return path
 
 
+def _check_delta_chain(row: Deployment, body: HotLoadRequest) -> None:
+    delta = body.incremental_snapshot_metadata
+    if delta is not None and delta.previous_snapshot_identity != row.snapshot_identity:
+        raise FailedPrecondition(
+            f"snapshot {body.identity!r} is a delta on {delta.previous_snapshot_identity!r}, but {row.name} serves "
+            f"{row.snapshot_identity or 'the base model'}; hot-load a base snapshot (no incremental_snapshot_metadata) "
+            "to start a new chain"
+        )
+
+
 @router.post(HOT_LOAD_PATH)
 async def hot_load(body: HotLoadRequest, request: Request, caller: CallerDep, control: PlaneDep) -> HotLoadStatus:
     row = await run_in_threadpool(_hot_load_target, request, caller, control)
+    _check_delta_chain(row, body)
     path = _snapshot_path(control, row, body.identity)
     await run_in_threadpool(_remember, control, row.name, body.identity, path)
     payload = WorkerHotLoad(identity=body.identity, path=str(path)).model_dump_json().encode()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,10 +53,17 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=0)
 
 
+class IncrementalSnapshotMetadata(WireRequest):
+    """Sent with a full-parameter `delta` snapshot. Trainers here write every snapshot in full, so its compression and
+    checksum formats do not apply; the snapshot it was made against is still checked (`shapeyard.control.inference`)."""
+
+    previous_snapshot_identity: str = Field(min_length=1)
+
+
 class HotLoadRequest(WireRequest):
     identity: str = Field(min_length=1)
     reset_prompt_cache: bool | None = None
-    incremental_snapshot_metadata: dict[str, Any] | None = None
+    incremental_snapshot_metadata: IncrementalSnapshotMetadata | None = None
 
 
 class LoadingState(BaseModel):

@@ -203,7 +203,9 @@ class SaveWeightsForSamplerRequest(WireModel):
     path: str | None = None
     seq_id: int | None = None
     sampling_session_seq_id: int | None = None
-    checkpoint_type: str | None = None
+    # Every snapshot is written in full, so a full-parameter `delta` is as self-contained as its `base`, and a LoRA
+    # `merged_base` is served like its adapter.
+    checkpoint_type: Literal["base", "delta", "merged_base"] | None = None
 
 
 class LoadWeightsRequest(WireModel):
