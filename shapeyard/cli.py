@@ -353,23 +353,31 @@ def deployments_hot_load(
 # --- cookbook -------------------------------------------------------------------------------------------
 
 
-@cookbook_app.command("sft")
-def cookbook_sft(
-    config: Annotated[Path, typer.Option("--config", help="Recipe config (YAML or JSON).")],
-) -> None:
-    """Supervised fine-tuning on chat JSONL (see shapeyard/cookbook/sft.py for the config)."""
+RecipeConfig = Annotated[Path, typer.Option("--config", help="Recipe config (YAML or JSON).")]
+
+
+def _load_recipe(path: Path, model: type) -> Any:
+    """The recipe's config; without a `server` section it runs against this command's server and key."""
     from pydantic import ValidationError
 
-    from shapeyard.cookbook import sft
     from shapeyard.cookbook.config import ServerSection, load_config
 
     try:
-        settings = load_config(config, sft.SFTConfig)
+        settings = load_config(path, model)
     except (OSError, ValidationError) as exc:
-        console.print(f"[red]{config}[/red]: {exc}")
+        console.print(f"[red]{path}[/red]: {exc}")
         raise typer.Exit(2) from None
     if "server" not in settings.model_fields_set:
         settings.server = ServerSection(base_url=Remote.base_url, api_key=Remote.api_key)
+    return settings
+
+
+@cookbook_app.command("sft")
+def cookbook_sft(config: RecipeConfig) -> None:
+    """Supervised fine-tuning on chat JSONL (see shapeyard/cookbook/sft.py for the config)."""
+    from shapeyard.cookbook import sft
+
+    settings = _load_recipe(config, sft.SFTConfig)
     result = _run(lambda: sft.run(settings))
     console.print(
         f"job {result.job_id}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}; "
@@ -377,16 +385,51 @@ def cookbook_sft(
     )
 
 
+@cookbook_app.command("dpo")
+def cookbook_dpo(config: RecipeConfig) -> None:
+    """Preference training on (prompt, chosen, rejected) JSONL (see shapeyard/cookbook/dpo.py)."""
+    from shapeyard.cookbook import dpo
+
+    settings = _load_recipe(config, dpo.DPOConfig)
+    result = _run(lambda: dpo.run(settings))
+    scores = " -> ".join(f"{e['preference_accuracy']:.1%}" for e in result.evaluations)
+    console.print(
+        f"job {result.job_id}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}"
+        + (f"; held-out preference accuracy {scores}" if scores else "")
+        + f"; checkpoint {result.checkpoint}"
+    )
+
+
+@cookbook_app.command("rl")
+def cookbook_rl(config: RecipeConfig) -> None:
+    """GRPO-style RL with a verifiable reward, sampling from a deployment (see shapeyard/cookbook/rl.py)."""
+    from shapeyard.cookbook import rl
+
+    settings = _load_recipe(config, rl.RLConfig)
+    result = _run(lambda: rl.run(settings))
+    scores = " -> ".join(f"{e['accuracy']:.1%}" for e in result.evaluations)
+    console.print(
+        f"job {result.job_id}: {result.steps} steps, mean reward {result.rewards[0]:.3f} -> {result.rewards[-1]:.3f}"
+        + (f"; held-out accuracy {scores}" if scores else "")
+        + f"; checkpoint {result.checkpoint}"
+    )
+
+
 @cookbook_app.command("task")
 def cookbook_task(
-    name: Annotated[str, typer.Argument(help="addition or flip")],
+    name: Annotated[str, typer.Argument(help="addition, flip, reverse or flip-preferences")],
     out: Annotated[Path, typer.Option("--out", help="Directory for train.jsonl and test.jsonl.")] = Path("data"),
 ) -> None:
-    """Write a bundled synthetic task as chat JSONL."""
+    """Write a bundled synthetic task as JSONL: chat examples, or preference pairs for DPO."""
     from shapeyard.cookbook.data import write_jsonl
     from shapeyard.cookbook.tasks import digits
 
-    tasks = {"addition": digits.addition_splits, "flip": digits.flip_splits}
+    tasks = {
+        "addition": digits.addition_splits,
+        "flip": digits.flip_splits,
+        "reverse": digits.reverse_splits,
+        "flip-preferences": digits.flip_preference_splits,
+    }
     if name not in tasks:
         console.print(f"[red]unknown task {name!r}[/red]; bundled tasks: {', '.join(tasks)}")
         raise typer.Exit(2)

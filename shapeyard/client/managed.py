@@ -9,6 +9,12 @@ It resolves the shape to its latest validated version, creates the trainer job (
 resuming it if it stopped), waits until the job's worker is running, and creates the training client on it. With
 `create_deployment=True` it also provisions a deployment on the shape's linked deployment shape, hot-loading from
 the job, and waits for it: `run.weight_syncer.save_and_hotload(name)` then `run.sampler.sample(...)`.
+
+With `reference_required=True` (a KL penalty, DPO) it also provides `run.reference`, a frozen client of the base
+model, the way the Fireworks SDK does: a LoRA policy shares its own trainer (the adapter disabled, no extra
+hardware); a full-parameter policy, or an explicit `reference_training_shape_id` / `reference_job_id`, gets a
+separate forward-only job, created alongside the policy and its deployment and deleted on close (unless it was
+given by id).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TypeVar
 from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.client.sampling import DeploymentSampler, WeightSyncer
 from shapeyard.client.training import ServiceClient, TrainingClient
+from shapeyard.shapes.types import TrainerMode
 from shapeyard.wire.control import (
     RESUMABLE_JOB_STATES,
     CreateDeploymentRequest,
@@ -51,6 +58,10 @@ class ManagedTraining:
     deployment: DeploymentResource | None = None
     sampler: DeploymentSampler | None = None
     weight_syncer: WeightSyncer | None = None
+    reference: TrainingClient | None = None
+    reference_job_id: str | None = None  # a separate reference job, deleted on close when owned
+    owns_reference: bool = False
+    _reference_service: ServiceClient | None = None
 
     @property
     def job_id(self) -> str:
@@ -60,8 +71,18 @@ class ManagedTraining:
     def max_context_length(self) -> int:
         return self.job.training_config.max_context_length or 0
 
+    def release_reference(self) -> None:
+        """Frees the reference once it is no longer needed (DPO, after caching its logprobs)."""
+        if self._reference_service is not None:
+            self._reference_service.close()
+            if self.owns_reference:
+                self.control.delete_trainer_job(self.reference_job_id)
+            self._reference_service = None
+        self.reference = None
+
     def close(self, delete_job: bool = False) -> None:
-        """Deletes the deployment it created; the job too when asked."""
+        """Deletes the deployment and the reference job it created; the policy's job too when asked."""
+        self.release_reference()
         if self.deployment is not None:
             self.control.delete_deployment(self.deployment.name.rsplit("/", 1)[1])
             self.sampler.close()
@@ -95,6 +116,41 @@ def wait_until_serving(control: ControlClient, deployment_id: str, timeout: floa
     return _wait(lambda: control.get_deployment(deployment_id), DeploymentState.READY, waiting, timeout)
 
 
+def _gateway(base_url: str, account: str, job_id: str) -> str:
+    return f"{base_url.rstrip('/')}/training/v1/rlorTrainerJobs/{account}/{job_id}"
+
+
+def _ensure_job(control: ControlClient, job_id: str, request: CreateTrainerJobRequest, shape: str | None) -> bool:
+    """Creates the job, or re-attaches to it (resuming it if it stopped). True when it was created here."""
+    try:
+        job = control.get_trainer_job(job_id)
+    except ApiError as exc:
+        if exc.http_status != 404:
+            raise
+        control.create_trainer_job(request, job_id=job_id, training_shape=shape or "")
+        return True
+    if job.state in RESUMABLE_JOB_STATES:
+        control.resume_trainer_job(job_id)
+    return False
+
+
+def _reference_rank(lora_rank: int, reference_training_shape_id: str | None) -> int:
+    """An explicit reference shape for a LoRA policy loads the adapter's rank; otherwise the base is frozen as is."""
+    return lora_rank if reference_training_shape_id and lora_rank > 0 else 0
+
+
+def check_reference_shape(control: ControlClient, shape_id: str, rank: int) -> None:
+    """A reference runs forward only: on a LoRA trainer shape, or (rank 0) a forward-only one."""
+    allowed = {TrainerMode.LORA_TRAINER} if rank > 0 else {TrainerMode.LORA_TRAINER, TrainerMode.FORWARD_ONLY}
+    mode = control.resolve_training_shape(shape_id).snapshot.trainer_mode
+    if mode not in allowed:
+        raise ValueError(
+            f"reference_training_shape_id={shape_id!r} resolves to trainer_mode='{mode}', but this run requires "
+            f"trainer_mode in {{{', '.join(sorted(allowed))}}} (lora_rank={rank}, forward_only=True). Use a training "
+            "shape validated for the reference trainer mode."
+        )
+
+
 def managed_training(
     *,
     base_url: str,
@@ -110,33 +166,45 @@ def managed_training(
     create_deployment: bool = False,
     deployment_id: str | None = None,
     deployment_replica_count: int = 1,
+    reference_required: bool = False,
+    reference_training_shape_id: str | None = None,
+    reference_job_id: str | None = None,
     timeout: float = 900.0,
 ) -> ManagedTraining:
     """Without a shape, the server picks the smallest validated one for the model, mode and context."""
     control = ControlClient(base_url, api_key)
     profile = control.resolve_training_shape(training_shape_id) if training_shape_id else None
+    separate_reference = reference_required and (
+        lora_rank == 0 or reference_training_shape_id is not None or reference_job_id is not None
+    )
+    reference_rank = _reference_rank(lora_rank, reference_training_shape_id)
+    if separate_reference and reference_training_shape_id and not reference_job_id:
+        check_reference_shape(control, reference_training_shape_id, reference_rank)  # before anything is created
+
     job_id = job_id or f"run-{secrets.token_hex(4)}"
-    try:
-        job = control.get_trainer_job(job_id)
-        if job.state in RESUMABLE_JOB_STATES:
-            control.resume_trainer_job(job_id)
-    except ApiError as exc:
-        if exc.http_status != 404:
-            raise
-        request = CreateTrainerJobRequest(
-            training_config=TrainingConfig(
-                base_model=base_model,
-                lora_rank=lora_rank,
-                learning_rate=learning_rate,
-                max_context_length=None if training_shape_id else max_context_length,
-            ),
-            display_name=display_name,
-            trainer_replica_count=replica_count,
+    config = TrainingConfig(
+        base_model=base_model,
+        lora_rank=lora_rank,
+        learning_rate=learning_rate,
+        max_context_length=None if training_shape_id else max_context_length,
+    )
+    request = CreateTrainerJobRequest(
+        training_config=config, display_name=display_name, trainer_replica_count=replica_count
+    )
+    _ensure_job(control, job_id, request, training_shape_id)
+    owns_reference = False
+    if separate_reference:
+        # Created before waiting on anything, so that policy, reference and deployment start together.
+        reference_job_id = reference_job_id or f"{job_id}-reference-{secrets.token_hex(3)}"
+        reference_request = CreateTrainerJobRequest(
+            training_config=config.model_copy(update={"lora_rank": reference_rank}),
+            display_name=f"{display_name or job_id} (reference)",
+            forward_only=True,
         )
-        control.create_trainer_job(request, job_id=job_id, training_shape=training_shape_id or "")
+        owns_reference = _ensure_job(control, reference_job_id, reference_request, reference_training_shape_id)
     if create_deployment:
         deployment_id = deployment_id or f"{job_id}-serve"
-        request = CreateDeploymentRequest(
+        deployment_request = CreateDeploymentRequest(
             base_model=base_model,
             min_replica_count=deployment_replica_count,
             max_replica_count=deployment_replica_count,
@@ -145,14 +213,21 @@ def managed_training(
             deployment_shape=profile.snapshot.deployment_shape_version if profile else None,
         )
         try:
-            control.create_deployment(request, deployment_id)
+            control.create_deployment(deployment_request, deployment_id)
         except ApiError as exc:
             if exc.http_status != 409:
                 raise
     job = wait_until_running(control, job_id, timeout)
-    service = ServiceClient(f"{base_url.rstrip('/')}/training/v1/rlorTrainerJobs/{control.account}/{job_id}", api_key)
+    service = ServiceClient(_gateway(base_url, control.account, job_id), api_key)
     training = service.create_training_client(base_model, lora_rank)
     run = ManagedTraining(control, profile, job, service, training)
+    if reference_required and not separate_reference:
+        run.reference = service.create_training_client(base_model, base_only=True)
+    elif separate_reference:
+        wait_until_running(control, reference_job_id, timeout)
+        run.reference_job_id, run.owns_reference = reference_job_id, owns_reference
+        run._reference_service = ServiceClient(_gateway(base_url, control.account, reference_job_id), api_key)
+        run.reference = run._reference_service.create_training_client(base_model, reference_rank)
     if create_deployment:
         run.deployment = wait_until_serving(control, deployment_id, timeout)
         run.sampler = DeploymentSampler(base_url, api_key, run.deployment.name)

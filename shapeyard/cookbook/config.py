@@ -34,6 +34,20 @@ class TrainerSection(Section):
     job_id: str | None = None  # re-attach to (or resume) this job instead of creating one
 
 
+class DeploymentSection(Section):
+    """The rollout deployment, on the training shape's linked deployment shape."""
+
+    replica_count: int = 1
+
+
+class ReferenceSection(Section):
+    """The frozen reference model. Left empty, a LoRA policy shares its trainer (adapter disabled) and a
+    full-parameter policy gets a forward-only job; name a shape or an existing job to choose."""
+
+    training_shape_id: str | None = None
+    job_id: str | None = None
+
+
 def load_config(path: Path, model: type[T]) -> T:
     text = Path(path).read_text()
     data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)

@@ -12,26 +12,21 @@ hot-loads the current weights and measures exact match (greedy) and held-out los
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoTokenizer
 
-from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
-from shapeyard.client.control import ApiError, ControlClient
-from shapeyard.cookbook.config import Section, ServerSection, TrainerSection
-from shapeyard.cookbook.data import read_jsonl
+from shapeyard.client import AdamParams, ManagedTraining
+from shapeyard.cookbook.config import DeploymentSection, Section, ServerSection, TrainerSection
+from shapeyard.cookbook.data import epoch_batches, read_jsonl, supervised_datum
 from shapeyard.cookbook.evaluation import deployment_exact_match, deployment_heldout_loss
 from shapeyard.cookbook.renderers import render_chat
-from shapeyard.wire.control import JobState
+from shapeyard.cookbook.runs import RunDir, progress_bar, provision
 
 
 class SFTConfig(Section):
@@ -63,54 +58,12 @@ class SFTResult:
     evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "exact_match", "heldout_loss"}
 
 
-def to_datum(tokens: list[int], weights: list[float]) -> Datum:
-    """Position i predicts token i+1: inputs drop the last token, targets and weights drop the first."""
-    return Datum(
-        model_input=ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
-    )
-
-
 def learning_rate(config: SFTConfig, step: int, total: int) -> float:
     base = config.trainer.learning_rate
     if step < config.warmup_steps:
         return base * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(total - config.warmup_steps, 1)
     return base * (1 - (1 - config.final_learning_rate_fraction) * progress)
-
-
-def batches(config: SFTConfig, data: list[Datum]) -> Callable[[int], list[Datum]]:
-    """The examples of step `step`: epoch-wise shuffles from the seed, so a resumed run sees the same batches."""
-
-    @cache
-    def order(epoch: int) -> list[int]:
-        indices = list(range(len(data)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(indices)
-        return indices
-
-    def batch(step: int) -> list[Datum]:
-        positions = range(step * config.batch_size, (step + 1) * config.batch_size)
-        return [data[order(p // len(data))[p % len(data)]] for p in positions]
-
-    return batch
-
-
-def _progress_state(log_dir: Path) -> dict[str, Any]:
-    path = log_dir / "progress.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _live_job(config: SFTConfig, job_id: str | None) -> str | None:
-    """The saved run's job if it still exists; a finished run deleted it (its checkpoints stay readable)."""
-    if job_id is None:
-        return None
-    with ControlClient(config.server.base_url, config.server.api_key) as control:
-        try:
-            return job_id if control.get_trainer_job(job_id).state != JobState.DELETED else None
-        except ApiError as exc:
-            if exc.http_status == 404:
-                return None
-            raise
 
 
 class Evaluator:
@@ -138,51 +91,26 @@ class Evaluator:
 
 
 def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
-    config.log_dir.mkdir(parents=True, exist_ok=True)
-    saved = _progress_state(config.log_dir)
-    trainer = config.trainer
-    managed = managed_training(
-        base_url=config.server.base_url,
-        api_key=config.server.api_key,
-        base_model=trainer.base_model,
-        training_shape_id=trainer.training_shape_id,
-        lora_rank=trainer.lora_rank,
-        learning_rate=trainer.learning_rate,
-        display_name=trainer.display_name,
-        replica_count=trainer.replica_count,
-        job_id=trainer.job_id or _live_job(config, saved.get("job_id")),
-        create_deployment=config.eval_every > 0,
-    )
+    run_dir = RunDir(config.log_dir)
+    deployment = DeploymentSection() if config.eval_every > 0 else None
+    managed = provision(config.server, config.trainer, run_dir, deployment=deployment)
     training = managed.training_client
     tokenizer = AutoTokenizer.from_pretrained(training.get_info().model_data.tokenizer_id)
-    data = [to_datum(*render_chat(tokenizer, example["messages"])) for example in read_jsonl(config.train_data)]
+    data = [supervised_datum(*render_chat(tokenizer, example["messages"])) for example in read_jsonl(config.train_data)]
     total = config.steps or math.ceil(len(data) / config.batch_size)
-    batch = batches(config, data)
+    batch = epoch_batches(data, config.batch_size, config.seed)
 
     start = 0
-    if saved.get("checkpoint"):
-        # by cross-job reference: the run may continue on a new job when the saved one was deleted
-        training.load_state_with_optimizer(f"cross_job://{saved['job_id']}/{saved['checkpoint']}").result()
-        start = saved["step"]
-    metrics_file = (config.log_dir / "metrics.jsonl").open("a")
+    if (checkpoint := run_dir.resume_from()) is not None:
+        training.load_state_with_optimizer(checkpoint).result()
+        start = run_dir.progress["step"]
 
-    def log(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-
-    evaluate = Evaluator(config, managed, tokenizer, log) if config.eval_every else None
+    evaluate = Evaluator(config, managed, tokenizer, run_dir.log) if config.eval_every else None
     if evaluate is not None and start == 0:
         evaluate(0, None)  # the base model, before any training
     first_loss = final_loss = math.nan
-    columns = [
-        TextColumn("sft"),
-        BarColumn(),
-        TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task("sft", total=total, completed=start, loss=math.nan)
+    with progress_bar("sft", "loss", show=show_progress) as progress:
+        task = progress.add_task("sft", total=total, completed=start, value=math.nan)
         pending: tuple[int, float, float, list, Any, Any, Any] | None = None
         for step in range(start, total + 1):
             # Submit this step before reading the last one's results, so the trainer never waits on the network.
@@ -216,10 +144,10 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
                     "grad_norm": grad_norm,
                     "seconds": time.monotonic() - began,
                 }
-                log(record)
-                progress.update(task, advance=1, loss=final_loss)
+                run_dir.log(record)
+                progress.update(task, advance=1, value=final_loss)
                 if saving_done is not None:
-                    _record_checkpoint(config.log_dir, managed.job_id, done + 1, saving_done.result().path)
+                    run_dir.record_checkpoint(managed.job_id, done + 1, saving_done.result().path)
                 if snapshot_done is not None:
                     scores = evaluate(done + 1, snapshot_done.result().path)
                     if show_progress:
@@ -228,16 +156,9 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
                             f"held-out loss {scores['heldout_loss']:.3f}"
                         )
             pending = submitted
-    metrics_file.close()
-    checkpoint = _record_checkpoint(
-        config.log_dir, managed.job_id, total, training.save_state(f"step-{total}").result().path
-    )
+    checkpoint = run_dir.record_checkpoint(managed.job_id, total, training.save_state(f"step-{total}").result().path)
+    run_dir.close()
     sampler = training.save_weights_for_sampler(f"final-{total}").result().path
     managed.close(delete_job=not config.keep_job)
     evaluations = evaluate.results if evaluate else []
     return SFTResult(managed.job_id, total, first_loss, final_loss, checkpoint, sampler, evaluations)
-
-
-def _record_checkpoint(log_dir: Path, job_id: str, step: int, path: str) -> str:
-    (log_dir / "progress.json").write_text(json.dumps({"job_id": job_id, "step": step, "checkpoint": path}))
-    return path
