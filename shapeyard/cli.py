@@ -87,6 +87,15 @@ def _run(action: Any) -> Any:
 # --- serve -----------------------------------------------------------------------------------------------
 
 
+def _model_dirs(items: list[str]) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    for item, (name, equals, path) in zip(items, pairs, strict=True):
+        if not (name and equals and path):
+            console.print(f"[red]--model-dir {item!r}[/red]: expected MODEL=DIR, e.g. qwen3-0p6b=/models/Qwen3-0.6B")
+            raise typer.Exit(2)
+    return {name: path for name, _, path in pairs}
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -98,6 +107,10 @@ def serve(
         int | None, typer.Option(help="CPU workers that may run at once (default: one per core).")
     ] = None,
     worker_threads: Annotated[int, typer.Option(help="torch threads per CPU worker.")] = 1,
+    model_dir: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=DIR: load this catalog model's weights from a local HF directory (repeatable)."),
+    ] = None,
 ) -> None:
     """Run the control plane and its workers. The bootstrap account's keys come from SHAPEYARD_API_KEY and
     SHAPEYARD_TINKER_API_KEY, or are generated on first start and printed."""
@@ -113,10 +126,15 @@ def serve(
         port=port,
         account=account,
         worker_threads=worker_threads,
+        model_dirs=_model_dirs(model_dir or []),
     )
     if cpu_worker_slots is not None:
         settings.cpu_worker_slots = cpu_worker_slots
-    control = ControlPlane.open(settings)
+    try:
+        control = ControlPlane.open(settings)
+    except ValueError as exc:  # a --model-dir naming no catalog model
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     keys = control.bootstrap
     console.print(
         Panel.fit(

@@ -49,7 +49,9 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, database_url: str | None = None, cpu_slots: int = 0) -> Iterator[RunningServer]:
+def run_server(
+    data_dir: Path, database_url: str | None = None, cpu_slots: int = 0, model_dirs: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
     """cpu_slots=0 runs the control plane alone: jobs wait in PENDING and no worker starts."""
     settings = ServerSettings(
         data_dir=data_dir,
@@ -58,6 +60,7 @@ def run_server(data_dir: Path, database_url: str | None = None, cpu_slots: int =
         api_key=API_KEY,
         tinker_api_key=TINKER_KEY,
         cpu_worker_slots=cpu_slots,
+        model_dirs=model_dirs or {},
     )
     with EmbeddedServer(settings) as server:
         yield RunningServer(server.control, server.app, server.base_url)

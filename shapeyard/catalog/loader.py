@@ -5,7 +5,8 @@ The files are the source of truth a reviewer reads; `shapeyard.store.catalog_syn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from shapeyard.shapes.types import (
     ModelSpec,
     TrainerMode,
     TrainingShapeSnapshot,
+    WeightsSource,
 )
 
 PUBLIC_ACCOUNT = "fireworks"
@@ -58,6 +60,17 @@ class Catalog:
     models: dict[str, ModelSpec]
     deployment_shapes: list[DeploymentShapeEntry]
     training_shapes: list[TrainingShapeEntry]
+
+
+def with_local_weights(catalog: Catalog, directories: Mapping[str, str]) -> Catalog:
+    """The catalog with the named models' weights read from local HF directories (`shapeyard serve --model-dir`)."""
+    models = dict(catalog.models)
+    for name, directory in directories.items():
+        full = name if name.startswith("accounts/") else model_name(name)
+        if full not in models:
+            raise ValueError(f"model-dir {name}: no such model in the catalog; models: {', '.join(sorted(models))}")
+        models[full] = models[full].model_copy(update={"weights": WeightsSource(local_dir=directory)})
+    return replace(catalog, models=models)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shapeyard.catalog.loader import Catalog, load_catalog
+from shapeyard.catalog.loader import Catalog, load_catalog, with_local_weights
 from shapeyard.catalog.sync import sync_catalog
 from shapeyard.config import ServerSettings
 from shapeyard.errors import ShapeyardError, validation_message
@@ -64,7 +64,7 @@ class ControlPlane:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         db.upgrade()
-        catalog = load_catalog()
+        catalog = with_local_weights(load_catalog(), settings.model_dirs)
         with db.session() as session:
             added = sync_catalog(session, catalog)
             keys = _bootstrap_keys(session, settings)
