@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from transformers import AutoTokenizer
 
 from shapeyard.client import AdamParams, Datum, TrainingClient
@@ -43,9 +44,9 @@ class DPOConfig(Section):
     train_data: Path
     eval_data: Path | None = None
     eval_every: int = 0  # 0: before training and at the end only
-    beta: float = 0.1
-    batch_size: int = 16  # pairs per step
-    steps: int | None = None  # default: one epoch
+    beta: float = Field(0.1, gt=0)
+    batch_size: int = Field(16, ge=1)  # pairs per step
+    steps: int | None = Field(None, ge=1)  # default: one epoch
     save_every: int = 0  # 0: only at the end
     log_dir: Path = Path("runs/dpo")
     seed: int = 0
@@ -134,8 +135,6 @@ def dpo_loss(beta: float, reference: list[list[float]]):
 
 
 def run(config: DPOConfig, *, show_progress: bool = True) -> DPOResult:
-    if config.beta <= 0:
-        raise ValueError(f"beta must be positive, got {config.beta}")
     run_dir = RunDir(config.log_dir)
     key = hashlib.sha256(config.train_data.read_bytes() + config.trainer.base_model.encode()).hexdigest()
     scores = cached_scores(run_dir, key)

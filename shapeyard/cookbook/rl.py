@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
 
+from pydantic import Field
 from transformers import AutoTokenizer
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput
@@ -57,13 +58,13 @@ class RLConfig(Section):
     eval_every: int = 0  # 0: before training and at the end only
     loss: Literal["importance_sampling", "ppo", "cispo", "dapo", "gspo"] = "importance_sampling"
     loss_config: dict[str, float] = {}
-    kl_beta: float = 0.0
-    steps: int = 50
-    groups_per_step: int = 16
-    group_size: int = 8
-    max_tokens: int = 16
-    temperature: float = 1.0
-    sync_every: int = 1
+    kl_beta: float = Field(0.0, ge=0)
+    steps: int = Field(50, ge=1)
+    groups_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=2)  # advantages compare completions of one prompt
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    sync_every: int = Field(1, ge=1)
     save_every: int = 0  # 0: only at the end
     init_from_checkpoint: str | None = None  # weights to start from, e.g. "cross_job://<job>/<checkpoint>" of SFT
     log_dir: Path = Path("runs/rl")

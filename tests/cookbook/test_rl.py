@@ -124,3 +124,17 @@ def test_the_cli_runs_the_rl_recipe(rl_server: RunningServer, tmp_path: Path):
     result = runner.invoke(app, [*base, "cookbook", "rl", "--config", str(config_file)])
     assert result.exit_code == 0, result.output
     assert "2 steps, mean reward" in result.output and len(metrics(tmp_path / "run")) == 2
+
+
+def test_bad_recipe_configs_are_refused_naming_the_field(tmp_path: Path):
+    runner = CliRunner()
+    trainer = {"base_model": TINY}
+    for recipe, fields, named in [
+        ("rl", {"group_size": 1}, "group_size"),
+        ("rl", {"loss": "grpo"}, "'importance_sampling', 'ppo', 'cispo', 'dapo' or 'gspo'"),
+        ("dpo", {"beta": 0}, "beta"),
+    ]:
+        config_file = tmp_path / f"{recipe}.yaml"
+        config_file.write_text(yaml.safe_dump({"trainer": trainer, "train_data": "data.jsonl", **fields}))
+        result = runner.invoke(app, ["--api-key", "fw_x", "cookbook", recipe, "--config", str(config_file)])
+        assert result.exit_code == 2 and named in result.output, result.output
