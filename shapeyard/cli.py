@@ -390,13 +390,21 @@ def _load_recipe(path: Path, model: type) -> Any:
     return settings
 
 
+def _run_recipe(path: Path, recipe: Any, model: type) -> Any:
+    settings = _load_recipe(path, model)
+    return _run(lambda: recipe.run(settings))
+
+
+def _scores(evaluations: list[dict[str, float]], key: str, label: str) -> str:
+    return f"; {label} " + " -> ".join(f"{e[key]:.1%}" for e in evaluations) if evaluations else ""
+
+
 @cookbook_app.command("sft")
 def cookbook_sft(config: RecipeConfig) -> None:
     """Supervised fine-tuning on chat JSONL (see shapeyard/cookbook/sft.py for the config)."""
     from shapeyard.cookbook import sft
 
-    settings = _load_recipe(config, sft.SFTConfig)
-    result = _run(lambda: sft.run(settings))
+    result = _run_recipe(config, sft, sft.SFTConfig)
     console.print(
         f"job {result.job_id}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}; "
         f"checkpoint {result.checkpoint}, sampler snapshot {result.sampler_path}"
@@ -408,13 +416,11 @@ def cookbook_dpo(config: RecipeConfig) -> None:
     """Preference training on (prompt, chosen, rejected) JSONL (see shapeyard/cookbook/dpo.py)."""
     from shapeyard.cookbook import dpo
 
-    settings = _load_recipe(config, dpo.DPOConfig)
-    result = _run(lambda: dpo.run(settings))
-    scores = " -> ".join(f"{e['preference_accuracy']:.1%}" for e in result.evaluations)
+    result = _run_recipe(config, dpo, dpo.DPOConfig)
     console.print(
         f"job {result.job_id}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}"
-        + (f"; held-out preference accuracy {scores}" if scores else "")
-        + f"; checkpoint {result.checkpoint}"
+        f"{_scores(result.evaluations, 'preference_accuracy', 'held-out preference accuracy')}; "
+        f"checkpoint {result.checkpoint}"
     )
 
 
@@ -423,13 +429,10 @@ def cookbook_rl(config: RecipeConfig) -> None:
     """GRPO-style RL with a verifiable reward, sampling from a deployment (see shapeyard/cookbook/rl.py)."""
     from shapeyard.cookbook import rl
 
-    settings = _load_recipe(config, rl.RLConfig)
-    result = _run(lambda: rl.run(settings))
-    scores = " -> ".join(f"{e['accuracy']:.1%}" for e in result.evaluations)
+    result = _run_recipe(config, rl, rl.RLConfig)
     console.print(
         f"job {result.job_id}: {result.steps} steps, mean reward {result.rewards[0]:.3f} -> {result.rewards[-1]:.3f}"
-        + (f"; held-out accuracy {scores}" if scores else "")
-        + f"; checkpoint {result.checkpoint}"
+        f"{_scores(result.evaluations, 'accuracy', 'held-out accuracy')}; checkpoint {result.checkpoint}"
     )
 
 

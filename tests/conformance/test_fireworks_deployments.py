@@ -16,6 +16,8 @@ from fireworks.training.sdk import (
     FiretitanServiceClient,
     TrainerJobConfig,
     TrainerJobManager,
+    TrainerServiceEndpoint,
+    TrainingShapeProfile,
     WeightSyncer,
 )
 from fireworks.training.sdk import types as fw
@@ -33,13 +35,19 @@ def serving_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         yield running
 
 
-def test_lora_training_with_a_deployment_weight_sync_and_sampling(serving_server: RunningServer):
-    key, url = serving_server.api_key, serving_server.base_url
-    jobs = TrainerJobManager(api_key=key, base_url=url)
+def create_lora_job(server: RunningServer) -> tuple[TrainerJobManager, TrainingShapeProfile, TrainerServiceEndpoint]:
+    """A rank-8 LoRA job on the tiny LoRA shape, created and waited for through the SDK."""
+    jobs = TrainerJobManager(api_key=server.api_key, base_url=server.base_url)
     profile = jobs.resolve_training_profile(LORA_SHAPE)
     endpoint = jobs.create_and_wait(
         TrainerJobConfig(base_model=TINY, lora_rank=8, training_shape_ref=profile.training_shape), poll_interval_s=0.5
     )
+    return jobs, profile, endpoint
+
+
+def test_lora_training_with_a_deployment_weight_sync_and_sampling(serving_server: RunningServer):
+    key, url = serving_server.api_key, serving_server.base_url
+    jobs, profile, endpoint = create_lora_job(serving_server)
     deployments = DeploymentManager(api_key=key, base_url=url)
     deployment_id = unique("fw-dep")
     deployments.create_or_get(

@@ -25,7 +25,7 @@ from fireworks.training.sdk import (
 )
 
 from shapeyard.wire.inference import DEPLOYMENT_HEADER, HOT_LOAD_PATH
-from tests.conformance.test_fireworks_deployments import LORA_SHAPE, PROMPT
+from tests.conformance.test_fireworks_deployments import LORA_SHAPE, PROMPT, create_lora_job
 from tests.conformance.test_fireworks_training import TINY, chat_data
 from tests.conftest import RunningServer, run_server, unique
 
@@ -167,13 +167,8 @@ def test_full_parameter_policy_with_a_forward_only_reference_and_delta_hot_loads
 
 
 def test_a_lora_policy_s_base_only_reference_keeps_the_base_weights(rl_server: RunningServer):
-    key, url = rl_server.api_key, rl_server.base_url
-    jobs = TrainerJobManager(api_key=key, base_url=url)
-    profile = jobs.resolve_training_profile(LORA_SHAPE)
-    endpoint = jobs.create_and_wait(
-        TrainerJobConfig(base_model=TINY, lora_rank=8, training_shape_ref=profile.training_shape), poll_interval_s=0.5
-    )
-    service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=key)
+    jobs, _, endpoint = create_lora_job(rl_server)
+    service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=rl_server.api_key)
     policy = service.create_training_client(base_model=TINY, lora_rank=8)
     data = chat_data()
     before = logprobs(policy, data)

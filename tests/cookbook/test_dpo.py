@@ -7,17 +7,13 @@ import json
 import math
 from pathlib import Path
 
-import yaml
-from typer.testing import CliRunner
-
-from shapeyard.cli import app
 from shapeyard.cookbook import dpo
 from shapeyard.cookbook.config import ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
 from shapeyard.cookbook.tasks import digits
 from shapeyard.wire.control import JobState
 from tests.conftest import RunningServer
-from tests.cookbook.test_rl import SHAPES, reference_jobs
+from tests.cookbook.test_rl import SHAPES, reference_jobs, run_cli_recipe
 from tests.cookbook.test_sft import TINY, metrics
 
 
@@ -55,20 +51,7 @@ def test_dpo_learns_the_preferences_and_resumes_from_its_cached_reference(
 
 
 def test_the_cli_runs_the_dpo_recipe_with_a_lora_policy(training_server: RunningServer, tmp_path: Path):
-    runner = CliRunner()
-    written = runner.invoke(app, ["cookbook", "task", "flip-preferences", "--out", str(tmp_path / "data")])
-    assert written.exit_code == 0, written.output
-    config_file = tmp_path / "dpo.yaml"
-    trainer = {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu-lora", "base_model": TINY, "lora_rank": 8}
-    settings = {
-        "trainer": {**trainer, "learning_rate": 2e-3},
-        "train_data": str(tmp_path / "data" / "train.jsonl"),
-        "eval_data": str(tmp_path / "data" / "test.jsonl"),
-        "steps": 3,
-        "log_dir": str(tmp_path / "run"),
-    }
-    config_file.write_text(yaml.safe_dump(settings))
-    base = ["--base-url", training_server.base_url, "--api-key", training_server.api_key]
-    result = runner.invoke(app, [*base, "cookbook", "dpo", "--config", str(config_file)])
-    assert result.exit_code == 0, result.output
-    assert "3 steps" in result.output and "held-out preference accuracy" in result.output
+    held_out = str(tmp_path / "data" / "test.jsonl")
+    output = run_cli_recipe(training_server, tmp_path, "dpo", "flip-preferences", eval_data=held_out, steps=3)
+    assert "3 steps" in output and "held-out preference accuracy" in output
+    assert len([m for m in metrics(tmp_path / "run") if "step" in m]) == 3

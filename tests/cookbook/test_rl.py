@@ -107,23 +107,24 @@ def test_an_off_policy_full_parameter_run_with_a_reference_job_resumes(rl_server
     assert all(job["state"] == JobState.DELETED for job in references)
 
 
-def test_the_cli_runs_the_rl_recipe(rl_server: RunningServer, tmp_path: Path):
+def run_cli_recipe(server: RunningServer, tmp_path: Path, recipe: str, task: str, **settings) -> str:
+    """Writes the bundled task, then runs the recipe from a YAML config through the CLI on a LoRA policy."""
     runner = CliRunner()
-    written = runner.invoke(app, ["cookbook", "task", "reverse", "--out", str(tmp_path / "data")])
-    assert written.exit_code == 0 and "4000 examples" in written.output
-    config_file = tmp_path / "rl.yaml"
-    settings = {
-        "trainer": {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu-lora", "base_model": TINY, "lora_rank": 8},
-        "train_data": str(tmp_path / "data" / "train.jsonl"),
-        "steps": 2,
-        "groups_per_step": 4,
-        "log_dir": str(tmp_path / "run"),
-    }
-    config_file.write_text(yaml.safe_dump(settings))
-    base = ["--base-url", rl_server.base_url, "--api-key", rl_server.api_key]
-    result = runner.invoke(app, [*base, "cookbook", "rl", "--config", str(config_file)])
+    written = runner.invoke(app, ["cookbook", "task", task, "--out", str(tmp_path / "data")])
+    assert written.exit_code == 0, written.output
+    config_file = tmp_path / f"{recipe}.yaml"
+    lora = {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu-lora", "base_model": TINY, "lora_rank": 8}
+    settings = {"trainer": lora, "train_data": str(tmp_path / "data" / "train.jsonl"), **settings}
+    config_file.write_text(yaml.safe_dump({**settings, "log_dir": str(tmp_path / "run")}))
+    base = ["--base-url", server.base_url, "--api-key", server.api_key]
+    result = runner.invoke(app, [*base, "cookbook", recipe, "--config", str(config_file)])
     assert result.exit_code == 0, result.output
-    assert "2 steps, mean reward" in result.output and len(metrics(tmp_path / "run")) == 2
+    return result.output
+
+
+def test_the_cli_runs_the_rl_recipe(rl_server: RunningServer, tmp_path: Path):
+    output = run_cli_recipe(rl_server, tmp_path, "rl", "reverse", steps=2, groups_per_step=4)
+    assert "2 steps, mean reward" in output and len(metrics(tmp_path / "run")) == 2
 
 
 def test_bad_recipe_configs_are_refused_naming_the_field(tmp_path: Path):
