@@ -53,7 +53,7 @@ class RawLoop:
         """Seconds for `count` steps."""
         began = time.perf_counter()
         for _ in range(count):
-            logits = self.model(input_ids=self.tokens[:, :-1]).logits
+            logits = self.model(input_ids=self.tokens[:, :-1], use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1), self.tokens[:, 1:].flatten(), reduction="sum"
             )

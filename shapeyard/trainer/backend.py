@@ -274,13 +274,14 @@ class TrainerBackend:
         return [logp[row, : len(item.tokens)] for row, (_, item) in enumerate(batch)]
 
     def _run(self, slot: Slot, ids: Tensor, mask: Tensor | None) -> Tensor:
+        # use_cache=False: a training forward has no next token to decode, so a KV cache is only wasted copies
         if slot.kind == ModelKind.LORA:
             self.peft.set_adapter(slot.adapter)
-            return self.peft(input_ids=ids, attention_mask=mask).logits
+            return self.peft(input_ids=ids, attention_mask=mask, use_cache=False).logits
         if self.peft is not None:
             with self.peft.disable_adapter():
-                return self.peft(input_ids=ids, attention_mask=mask).logits
-        return self.base(input_ids=ids, attention_mask=mask).logits
+                return self.peft(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return self.base(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     def forward(
         self, model_id: str, data: list[Datum], loss_fn: str, loss_fn_config: dict[str, Any] | None, backward: bool
