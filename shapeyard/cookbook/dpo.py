@@ -29,6 +29,7 @@ from pydantic import Field
 from transformers import AutoTokenizer
 
 from shapeyard.client import AdamParams, Datum, TrainingClient
+from shapeyard.client.training import CustomLoss
 from shapeyard.cookbook.config import ReferenceSection, Section, ServerSection, TrainerSection
 from shapeyard.cookbook.data import epoch_batches, read_jsonl, supervised_datum
 from shapeyard.cookbook.renderers import render_chat
@@ -113,7 +114,7 @@ def preference_accuracy(client: TrainingClient, pairs: list[Pair]) -> float:
     return sum(flat[i] > flat[i + 1] for i in range(0, len(flat), 2)) / len(pairs)
 
 
-def dpo_loss(beta: float, reference: list[list[float]]):
+def dpo_loss(beta: float, reference: list[list[float]]) -> CustomLoss:
     """The custom loss over datums [chosen_0, rejected_0, chosen_1, ...] whose reference scores are `reference`."""
 
     def loss(data: list[Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

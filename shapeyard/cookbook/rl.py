@@ -88,7 +88,9 @@ class RLResult:
     evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "accuracy"}
 
 
-def sample_groups(run: ManagedTraining, tokenizer: Any, rows: list[Row], config: RLConfig, reward: Reward, seed: int):
+def sample_groups(
+    run: ManagedTraining, tokenizer: Any, rows: list[Row], config: RLConfig, reward: Reward, seed: int
+) -> list[list[Rollout]]:
     """`group_size` completions of each row's prompt, in one request, each scored."""
     prompts = [render_prompt(tokenizer, row["messages"][:-1]) for row in rows]
     sampled = run.sampler.sample_batch(
@@ -183,14 +185,14 @@ def run(config: RLConfig, *, reward: Reward = exact_match, show_progress: bool =
     with progress_bar("rl", "reward", show=show_progress) as progress:
         task = progress.add_task("rl", total=config.steps, completed=start, value=math.nan)
         for step in range(start, config.steps):
-            began = time.monotonic()
+            began, done, last = time.monotonic(), step + 1, step + 1 == config.steps
             step_seed = config.seed * 1_000_003 + step
             chosen = random.Random(step_seed).sample(rows, min(config.groups_per_step, len(rows)))
             groups = sample_groups(managed, tokenizer, chosen, config, reward, step_seed)
             sampled_at = time.monotonic()
             batch = token_advantages(groups)
             record: dict[str, Any] = {
-                "step": step + 1,
+                "step": done,
                 "reward": fmean(r.reward for group in groups for r in group),
                 "groups_kept": len(batch) // config.group_size,
                 "completion_tokens": sum(len(r.completion.tokens) for group in groups for r in group),
@@ -203,7 +205,6 @@ def run(config: RLConfig, *, reward: Reward = exact_match, show_progress: bool =
                 stepped = policy.optim_step(adam, "num_loss_tokens")
                 record.update({f"train/{key}": value for key, value in trained.result().metrics.items()})
                 record["grad_norm"] = stepped.result().metrics.get("grad_norm")
-            done, last = step + 1, step + 1 == config.steps
             evaluating = bool(held_out) and (last or (bool(config.eval_every) and done % config.eval_every == 0))
             if evaluating or last or done % config.sync_every == 0:
                 managed.weight_syncer.save_and_hotload(f"rl-{done}")
