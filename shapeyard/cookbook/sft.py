@@ -32,6 +32,7 @@ from shapeyard.cookbook.runs import RunDir, progress_bar, provision
 class SFTConfig(Section):
     server: ServerSection = ServerSection()
     trainer: TrainerSection
+    deployment: DeploymentSection = DeploymentSection()  # used only to evaluate (eval_every > 0)
     train_data: Path
     batch_size: int = 32
     micro_batches: int = 1
@@ -92,7 +93,7 @@ class Evaluator:
 
 def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     run_dir = RunDir(config.log_dir)
-    deployment = DeploymentSection() if config.eval_every > 0 else None
+    deployment = config.deployment if config.eval_every > 0 else None
     managed = provision(config.server, config.trainer, run_dir, deployment=deployment)
     training = managed.training_client
     tokenizer = AutoTokenizer.from_pretrained(training.get_info().model_data.tokenizer_id)
