@@ -217,19 +217,24 @@ def managed_training(
         except ApiError as exc:
             if exc.http_status != 409:
                 raise
-    job = wait_until_running(control, job_id, timeout)
-    service = ServiceClient(_gateway(base_url, control.account, job_id), api_key)
-    training = service.create_training_client(base_model, lora_rank)
-    run = ManagedTraining(control, profile, job, service, training)
-    if reference_required and not separate_reference:
-        run.reference = service.create_training_client(base_model, base_only=True)
-    elif separate_reference:
-        wait_until_running(control, reference_job_id, timeout)
-        run.reference_job_id, run.owns_reference = reference_job_id, owns_reference
-        run._reference_service = ServiceClient(_gateway(base_url, control.account, reference_job_id), api_key)
-        run.reference = run._reference_service.create_training_client(base_model, reference_rank)
-    if create_deployment:
-        run.deployment = wait_until_serving(control, deployment_id, timeout)
-        run.sampler = DeploymentSampler(base_url, api_key, run.deployment.name)
-        run.weight_syncer = WeightSyncer(training, control, deployment_id)
+    try:
+        job = wait_until_running(control, job_id, timeout)
+        service = ServiceClient(_gateway(base_url, control.account, job_id), api_key)
+        training = service.create_training_client(base_model, lora_rank)
+        run = ManagedTraining(control, profile, job, service, training)
+        if reference_required and not separate_reference:
+            run.reference = service.create_training_client(base_model, base_only=True)
+        elif separate_reference:
+            wait_until_running(control, reference_job_id, timeout)
+            run.reference_job_id, run.owns_reference = reference_job_id, owns_reference
+            run._reference_service = ServiceClient(_gateway(base_url, control.account, reference_job_id), api_key)
+            run.reference = run._reference_service.create_training_client(base_model, reference_rank)
+        if create_deployment:
+            run.deployment = wait_until_serving(control, deployment_id, timeout)
+            run.sampler = DeploymentSampler(base_url, api_key, run.deployment.name)
+            run.weight_syncer = WeightSyncer(training, control, deployment_id)
+    except BaseException:
+        if owns_reference:  # no ManagedTraining was returned, so nobody else can delete it
+            control.delete_trainer_job(reference_job_id)
+        raise
     return run

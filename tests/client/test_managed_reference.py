@@ -95,3 +95,14 @@ def test_a_reference_shape_of_the_wrong_mode_is_refused_before_anything_is_creat
                 reference_training_shape_id=f"{SHAPES}/tiny-qwen3-2k-cpu",
             )
         assert job_names(control) == before
+
+
+def test_a_run_that_never_starts_deletes_the_reference_job_it_created(tmp_path):
+    with run_server(tmp_path, cpu_slots=0) as server:  # no worker ever starts: the policy stays PENDING
+        with pytest.raises(TimeoutError, match="PENDING"):
+            managed_training(**options(server), reference_required=True, timeout=1.0)
+        with ControlClient(server.base_url, server.api_key) as control:
+            jobs = {job.name.rsplit("/", 1)[1]: job for job in control.list_trainer_jobs(show_deleted=True)}
+    (reference,) = [job for name, job in jobs.items() if "-reference-" in name]
+    assert reference.forward_only and reference.state == JobState.DELETED
+    assert [job.state for name, job in jobs.items() if "-reference-" not in name] == [JobState.PENDING]
