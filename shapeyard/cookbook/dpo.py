@@ -79,6 +79,15 @@ def render_pair(tokenizer: Any, row: dict[str, Any]) -> Pair:
     return Pair(answer(row["chosen"]), answer(row["rejected"]))
 
 
+def interleaved(pairs: list[Pair]) -> list[Datum]:
+    """[chosen_0, rejected_0, chosen_1, ...]: the order every request of this recipe sends pairs in."""
+    return [d for pair in pairs for d in (pair.chosen, pair.rejected)]
+
+
+def _cache(run_dir: RunDir) -> Path:
+    return run_dir.path / "reference.json"
+
+
 def _weights(datum: Datum) -> list[float]:
     return datum.loss_fn_inputs["weights"].to_list()
 
@@ -97,20 +106,20 @@ def sequence_logprobs(client: TrainingClient, data: list[Datum]) -> list[float]:
 
 def cached_scores(run_dir: RunDir, key: str) -> list[list[float]] | None:
     """[chosen, rejected] reference logprobs per pair, if the log directory holds them for this data."""
-    cache = run_dir.path / "reference.json"
+    cache = _cache(run_dir)
     saved = json.loads(cache.read_text()) if cache.exists() else {}
     return saved["scores"] if saved.get("key") == key else None
 
 
 def score_pairs(run_dir: RunDir, reference: TrainingClient, pairs: list[Pair], key: str) -> list[list[float]]:
-    flat = sequence_logprobs(reference, [d for pair in pairs for d in (pair.chosen, pair.rejected)])
+    flat = sequence_logprobs(reference, interleaved(pairs))
     scores = [flat[i : i + 2] for i in range(0, len(flat), 2)]
-    (run_dir.path / "reference.json").write_text(json.dumps({"key": key, "scores": scores}))
+    _cache(run_dir).write_text(json.dumps({"key": key, "scores": scores}))
     return scores
 
 
 def preference_accuracy(client: TrainingClient, pairs: list[Pair]) -> float:
-    flat = sequence_logprobs(client, [d for pair in pairs for d in (pair.chosen, pair.rejected)])
+    flat = sequence_logprobs(client, interleaved(pairs))
     return sum(flat[i] > flat[i + 1] for i in range(0, len(flat), 2)) / len(pairs)
 
 
@@ -150,10 +159,7 @@ def run(config: DPOConfig, *, show_progress: bool = True) -> DPOResult:
     total = config.steps or math.ceil(len(pairs) / config.batch_size)
     batch = epoch_batches(list(range(len(pairs))), config.batch_size, config.seed)
 
-    start = 0
-    if (checkpoint := run_dir.resume_from()) is not None:
-        policy.load_state_with_optimizer(checkpoint).result()
-        start = run_dir.progress["step"]
+    start = run_dir.resume(policy)
     evaluations: list[dict[str, float]] = []
 
     def evaluate(step: int) -> None:
@@ -171,7 +177,7 @@ def run(config: DPOConfig, *, show_progress: bool = True) -> DPOResult:
         for step in range(start, total):
             began = time.monotonic()
             indices = batch(step)
-            data = [d for i in indices for d in (pairs[i].chosen, pairs[i].rejected)]
+            data = interleaved([pairs[i] for i in indices])
             result = policy.forward_backward_custom(data, dpo_loss(config.beta, [scores[i] for i in indices]))
             grad_norm = policy.optim_step(adam).result().metrics.get("grad_norm")  # the loss is already a mean
             metrics = result.result().metrics
@@ -191,8 +197,8 @@ def run(config: DPOConfig, *, show_progress: bool = True) -> DPOResult:
             if (config.eval_every and done % config.eval_every == 0) or done == total:
                 evaluate(done)
             if config.save_every and done % config.save_every == 0 and done < total:
-                run_dir.record_checkpoint(managed.job_id, done, policy.save_state(f"step-{done}").result().path)
-    checkpoint = run_dir.record_checkpoint(managed.job_id, total, policy.save_state(f"step-{total}").result().path)
+                run_dir.save_checkpoint(managed, done)
+    checkpoint = run_dir.save_checkpoint(managed, total)
     run_dir.close()
     managed.close(delete_job=not config.keep_job)
     return DPOResult(managed.job_id, total, first_loss, final_loss, checkpoint, evaluations)

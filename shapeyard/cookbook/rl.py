@@ -163,11 +163,8 @@ def run(config: RLConfig, *, reward: Reward = exact_match, show_progress: bool =
     rows = read_jsonl(config.train_data)
     held_out = read_jsonl(config.eval_data)[: config.eval_examples] if config.eval_data else []
 
-    start = 0
-    if (checkpoint := run_dir.resume_from()) is not None:
-        policy.load_state_with_optimizer(checkpoint).result()
-        start = run_dir.progress["step"]
-    elif config.init_from_checkpoint:
+    start = run_dir.resume(policy)
+    if start == 0 and config.init_from_checkpoint:
         policy.load_state(config.init_from_checkpoint).result()
     managed.weight_syncer.save_and_hotload(f"rl-{start}")  # the deployment samples the policy's weights
     evaluations: list[dict[str, float]] = []
@@ -211,13 +208,12 @@ def run(config: RLConfig, *, reward: Reward = exact_match, show_progress: bool =
             if evaluating:
                 evaluate(done)
             if config.save_every and done % config.save_every == 0 and not last:
-                run_dir.record_checkpoint(managed.job_id, done, policy.save_state(f"step-{done}").result().path)
+                run_dir.save_checkpoint(managed, done)
             record.update(sample_seconds=sampled_at - began, seconds=time.monotonic() - began)
             run_dir.log(record)
             rewards.append(record["reward"])
             progress.update(task, advance=1, value=record["reward"])
-    final = policy.save_state(f"step-{config.steps}").result().path
-    checkpoint = run_dir.record_checkpoint(managed.job_id, config.steps, final)
+    checkpoint = run_dir.save_checkpoint(managed, config.steps)
     run_dir.close()
     managed.close(delete_job=not config.keep_job)
     return RLResult(managed.job_id, config.steps, rewards, checkpoint, evaluations)

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shapeyard.client import ManagedTraining, managed_training
+from shapeyard.client import ManagedTraining, TrainingClient, managed_training
 from shapeyard.client.control import ApiError, ControlClient
 from shapeyard.cookbook.config import DeploymentSection, ReferenceSection, ServerSection, TrainerSection
 from shapeyard.wire.control import JobState
@@ -33,16 +33,24 @@ class RunDir:
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
 
-    def record_checkpoint(self, job_id: str, step: int, path: str, **extra: Any) -> str:
-        self.progress = {"job_id": job_id, "step": step, "checkpoint": path, **extra}
+    def record_checkpoint(self, job_id: str, step: int, path: str) -> str:
+        self.progress = {"job_id": job_id, "step": step, "checkpoint": path}
         self._progress.write_text(json.dumps(self.progress))
         return path
 
-    def resume_from(self) -> str | None:
-        """The last checkpoint as a cross-job reference: the run may continue on a new job if its job is gone."""
+    def save_checkpoint(self, run: ManagedTraining, step: int) -> str:
+        """Saves `step-<step>` (weights and optimizer) on the run's trainer and records it for resume."""
+        return self.record_checkpoint(run.job_id, step, run.training_client.save_state(f"step-{step}").result().path)
+
+    def resume(self, training: TrainingClient) -> int:
+        """Loads the last checkpoint, weights and optimizer, and returns its step (0: nothing to resume). By
+        cross-job reference: the run may continue on a new job if its own is gone."""
         if not self.progress.get("checkpoint"):
-            return None
-        return f"cross_job://{self.progress['job_id']}/{self.progress['checkpoint']}"
+            return 0
+        training.load_state_with_optimizer(
+            f"cross_job://{self.progress['job_id']}/{self.progress['checkpoint']}"
+        ).result()
+        return self.progress["step"]
 
     def close(self) -> None:
         self._metrics.close()

@@ -101,10 +101,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
     total = config.steps or math.ceil(len(data) / config.batch_size)
     batch = epoch_batches(data, config.batch_size, config.seed)
 
-    start = 0
-    if (checkpoint := run_dir.resume_from()) is not None:
-        training.load_state_with_optimizer(checkpoint).result()
-        start = run_dir.progress["step"]
+    start = run_dir.resume(training)
 
     evaluate = Evaluator(config, managed, tokenizer, run_dir.log) if config.eval_every else None
     if evaluate is not None and start == 0:
@@ -157,7 +154,7 @@ def run(config: SFTConfig, *, show_progress: bool = True) -> SFTResult:
                             f"held-out loss {scores['heldout_loss']:.3f}"
                         )
             pending = submitted
-    checkpoint = run_dir.record_checkpoint(managed.job_id, total, training.save_state(f"step-{total}").result().path)
+    checkpoint = run_dir.save_checkpoint(managed, total)
     run_dir.close()
     sampler = training.save_weights_for_sampler(f"final-{total}").result().path
     managed.close(delete_job=not config.keep_job)
