@@ -2,10 +2,13 @@
 
 Same model (the embedded tiny Qwen3), same batch (8 sequences x 256 tokens), same optimizer, both in one run, for
 full-parameter and LoRA training. The server path is the real one: client -> control plane gateway -> worker
-process; the client submits steps ahead (as the SDKs allow) and waits for the results. The two loops run in
-alternating rounds, so that load from elsewhere on the machine falls on both alike.
+process; the client submits steps ahead (as the SDKs allow) and waits for the results.
 
-    .venv/bin/python -m bench.trainer_throughput [--steps 15] [--rounds 4]
+On a shared machine the speed of one loop drifts by tens of percent over seconds, whatever runs beside it. So the
+two loops take turns in short rounds, in the order raw-server, server-raw, ... (a drift then favours neither), and
+the figure is reported both as the ratio of total tokens/s and as the median of the per-round ratios.
+
+    .venv/bin/python -m bench.trainer_throughput [--steps 8] [--rounds 16] [--only full|lora]
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ class ServerLoop:
 
 
 def measure(shape: str, lora_rank: int, steps: int, rounds: int) -> tuple[float, float, float]:
-    """Tokens/s of both loops and the median of the per-round ratios. The loops alternate, round by round, so
-    that machine noise hits both alike; the median discards rounds that a burst of noise hit on one side only."""
+    """Tokens/s of both loops and the median of the per-round ratios (which discards rounds that a burst of noise
+    hit on one side only)."""
     with (
         tempfile.TemporaryDirectory() as directory,
         EmbeddedServer(ServerSettings(data_dir=Path(directory), port=0, cpu_worker_slots=1)) as server,
@@ -103,9 +106,13 @@ def measure(shape: str, lora_rank: int, steps: int, rounds: int) -> tuple[float,
         raw_loop.steps(WARMUP)
         server_loop.steps(WARMUP)
         raw_seconds, server_seconds = [], []
-        for _ in range(rounds):
-            raw_seconds.append(raw_loop.steps(steps))
-            server_seconds.append(server_loop.steps(steps))
+        for round_ in range(rounds):
+            if round_ % 2:
+                server_seconds.append(server_loop.steps(steps))
+                raw_seconds.append(raw_loop.steps(steps))
+            else:
+                raw_seconds.append(raw_loop.steps(steps))
+                server_seconds.append(server_loop.steps(steps))
         run.close(delete_job=True)
     tokens = steps * BATCH * LENGTH
     ratios = [raw / served for raw, served in zip(raw_seconds, server_seconds, strict=True)]
@@ -114,12 +121,15 @@ def measure(shape: str, lora_rank: int, steps: int, rounds: int) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=8, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--only", choices=["full", "lora"], help="measure one kind of training only")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the worker runs one thread too
     print(f"tiny Qwen3, batch {BATCH} x {LENGTH} tokens, {args.rounds} alternating rounds of {args.steps} steps")
     for label, shape, rank in (("full", "tiny-qwen3-2k-cpu", 0), ("lora", "tiny-qwen3-2k-cpu-lora", 8)):
+        if args.only not in (None, label):
+            continue
         raw, served, ratio = measure(shape, rank, args.steps, args.rounds)
         print(
             f"{label:5s} raw {raw:7.0f} tok/s   server {served:7.0f} tok/s   "

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
 from shapeyard.wire.worker import WorkerSpec
 
 S = TypeVar("S", bound=WorkerSpec)
@@ -29,12 +27,17 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def setup_process() -> None:
+    """Logging to the worker's log (the launcher captures it) and the parent watch."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    exit_with_parent()
+
+
 def start_worker(spec_type: type[S], description: str) -> S:
-    """The spec the launcher wrote (`--spec <file>`), with logging, threads and the parent watch set up."""
+    """The spec the launcher wrote (`--spec <file>`), with the process set up. Torch threads are the business of
+    the process that runs torch (`spec.threads`); a worker's HTTP process does not import torch at all."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--spec", required=True, help="the worker spec JSON written by the launcher")
     spec = spec_type.model_validate_json(Path(parser.parse_args().spec).read_text())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    exit_with_parent()
-    torch.set_num_threads(spec.threads)
+    setup_process()
     return spec

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -169,6 +170,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
 
 def main() -> None:
     spec = start_worker(DeploymentWorkerSpec, __doc__)
+    torch.set_num_threads(spec.threads)
     log.info("loading %s on %s for %s replica %d", spec.base_model, spec.device, spec.deployment_name, spec.replica)
     engine = SamplingEngine(weights_path(spec.weights), spec.device, spec.max_context_length)
     loader = HotLoader(engine, spec.replica)

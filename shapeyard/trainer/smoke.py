@@ -19,7 +19,7 @@ import torch
 
 from shapeyard.shapes.validation import SmokeResult
 from shapeyard.trainer.backend import ModelKind
-from shapeyard.trainer.worker import build_service
+from shapeyard.trainer.compute import build_service
 from shapeyard.wire.trainer import AdamParams, Datum, LoraConfig, ModelInput
 from shapeyard.wire.worker import TrainerWorkerSpec
 

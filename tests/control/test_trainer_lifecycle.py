@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,6 +104,51 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
     assert resumed.training_client.forward(data(9)).result().metrics["loss:sum"] == expected
     resumed.close(delete_job=True)
     run.service.close()
+
+
+def compute_process(worker_pid: int) -> int:
+    """The worker's compute process: its one child."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_a_dead_compute_process_takes_its_worker_down_and_fails_the_job(training_server: RunningServer):
+    run = managed_training(
+        base_url=training_server.base_url,
+        api_key=training_server.api_key,
+        base_model=TINY,
+        training_shape_id=SHAPE,
+        job_id=unique("compute"),
+    )
+    pending = run.training_client.forward_backward(data(0))
+    pending.result()
+    worker = training_server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
+    os.kill(compute_process(worker.pid), signal.SIGKILL)
+    assert worker.wait(timeout=30) == 1  # the HTTP process does not stay up without its model
+    with training_server.http() as http:
+        failed = wait_state(http, run.job_id, {"JOB_STATE_FAILED"})
+    assert "worker exited with code 1" in failed["statusMessage"]
+    assert "the compute process exited with code -9" in failed["statusMessage"]
+    run.close(delete_job=True)
+
+
+def test_deleting_a_job_stops_both_of_its_worker_processes(training_server: RunningServer):
+    run = managed_training(
+        base_url=training_server.base_url,
+        api_key=training_server.api_key,
+        base_model=TINY,
+        training_shape_id=SHAPE,
+        job_id=unique("stop"),
+    )
+    worker = training_server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
+    compute = compute_process(worker.pid)
+    run.close(delete_job=True)
+    assert worker.poll() is not None
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{compute}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{compute}").exists()
 
 
 def test_resume_only_from_a_stopped_state(training_http):
