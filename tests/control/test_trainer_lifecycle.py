@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shapeyard.client import AdamParams, Datum, ModelInput, managed_training
+from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.client.managed import wait_until_running
 from tests.conftest import RunningServer, unique
 
@@ -106,25 +107,25 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
     run.service.close()
 
 
-def compute_process(worker_pid: int) -> int:
-    """The worker's compute process: its one child."""
-    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+def worker_processes(server: RunningServer, prefix: str) -> tuple[ManagedTraining, subprocess.Popen, int]:
+    """A running job, its worker's HTTP process, and the pid of its compute process (the HTTP process's child)."""
+    run = managed_training(
+        base_url=server.base_url,
+        api_key=server.api_key,
+        base_model=TINY,
+        training_shape_id=SHAPE,
+        job_id=unique(prefix),
+    )
+    worker = server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
     assert len(children) == 1, children
-    return int(children[0])
+    return run, worker, int(children[0])
 
 
 def test_a_dead_compute_process_takes_its_worker_down_and_fails_the_job(training_server: RunningServer):
-    run = managed_training(
-        base_url=training_server.base_url,
-        api_key=training_server.api_key,
-        base_model=TINY,
-        training_shape_id=SHAPE,
-        job_id=unique("compute"),
-    )
-    pending = run.training_client.forward_backward(data(0))
-    pending.result()
-    worker = training_server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
-    os.kill(compute_process(worker.pid), signal.SIGKILL)
+    run, worker, compute = worker_processes(training_server, "compute")
+    run.training_client.forward_backward(data(0)).result()
+    os.kill(compute, signal.SIGKILL)
     assert worker.wait(timeout=30) == 1  # the HTTP process does not stay up without its model
     with training_server.http() as http:
         failed = wait_state(http, run.job_id, {"JOB_STATE_FAILED"})
@@ -134,15 +135,7 @@ def test_a_dead_compute_process_takes_its_worker_down_and_fails_the_job(training
 
 
 def test_deleting_a_job_stops_both_of_its_worker_processes(training_server: RunningServer):
-    run = managed_training(
-        base_url=training_server.base_url,
-        api_key=training_server.api_key,
-        base_model=TINY,
-        training_shape_id=SHAPE,
-        job_id=unique("stop"),
-    )
-    worker = training_server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
-    compute = compute_process(worker.pid)
+    run, worker, compute = worker_processes(training_server, "stop")
     run.close(delete_job=True)
     assert worker.poll() is not None
     deadline = time.monotonic() + 20
