@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from shapeyard.control.app import ControlPlane
 
 
-def control_plane(request: Request) -> ControlPlane:
+async def control_plane(request: Request) -> ControlPlane:
+    # a coroutine: FastAPI would run a plain function in a worker thread, on every request
     return request.app.state.control
 
 

@@ -55,10 +55,14 @@ class Supervisor:
         active_states = [state.value for state in ACTIVE]
         serving_states = [state.value for state in SERVING]
         with self.control.db.session() as session:
-            jobs = list(session.scalars(select(TrainerJob.name).where(TrainerJob.state.in_(active_states))))
+            jobs = session.execute(
+                select(TrainerJob.name, TrainerJob.state).where(TrainerJob.state.in_(active_states))
+            ).all()
             deployments = list(session.scalars(select(Deployment.name).where(Deployment.state.in_(serving_states))))
         # one short transaction per job or deployment, on a fresh read under the lifecycle lock (see ControlPlane)
-        for name in jobs:
+        for name, state in jobs:
+            if self._settled(name, state):
+                continue
             with self.control.lifecycle, self.control.db.session() as session:
                 job = session.get(TrainerJob, name)
                 if job is not None and job.state in active_states:
@@ -68,6 +72,14 @@ class Supervisor:
                 row = session.get(Deployment, name)
                 if row is not None and row.state in serving_states:
                     self.replicas.reconcile(session, row)
+
+    def _settled(self, name: str, state: str) -> bool:
+        """Nothing for `_reconcile` to do: the worker is starting, or ready and the job already RUNNING. Training
+        jobs spend their life here, so the tick skips their transaction (its CPU would compete with training)."""
+        status = self.control.launcher.status(name)
+        if status is None or status.state == WorkerState.EXITED:
+            return False
+        return status.state == WorkerState.STARTING or state == JobState.RUNNING
 
     def _reconcile(self, session: Session, job: TrainerJob) -> None:
         launcher = self.control.launcher

@@ -11,19 +11,18 @@ Routes (reached only through the control plane, which adds the worker token):
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response, StreamingResponse
 
 from shapeyard.control.app import install_error_handlers
-from shapeyard.errors import FailedPrecondition, HotLoadInProgress, Unauthenticated
-from shapeyard.launch.child import start_worker
+from shapeyard.errors import FailedPrecondition, HotLoadInProgress
+from shapeyard.launch.child import gateway_only, start_worker
 from shapeyard.models.loading import weights_path
 from shapeyard.serving import responses
 from shapeyard.serving.batcher import Batcher
@@ -37,7 +36,7 @@ from shapeyard.wire.inference import (
     SamplingFields,
     WorkerHotLoad,
 )
-from shapeyard.wire.worker import WORKER_TOKEN_HEADER, DeploymentWorkerSpec
+from shapeyard.wire.worker import DeploymentWorkerSpec
 
 log = logging.getLogger("shapeyard.serving")
 
@@ -100,10 +99,6 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
     batcher = Batcher(engine)
     tokenizer = engine.tokenizer
 
-    def check_token(request: Request) -> None:
-        if spec.token and not secrets.compare_digest(request.headers.get(WORKER_TOKEN_HEADER, ""), spec.token):
-            raise Unauthenticated("this worker only answers requests that come through the shapeyard gateway")
-
     def serving() -> None:
         if loader.loading:
             raise HotLoadInProgress(
@@ -116,10 +111,10 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
         items = raw if isinstance(raw, list) and raw and isinstance(raw[0], (str, list)) else [raw]
         return [tokenizer.encode(item, add_special_tokens=False) if isinstance(item, str) else item for item in items]
 
-    api = APIRouter(dependencies=[Depends(check_token)])
+    api = APIRouter(dependencies=[Depends(gateway_only(spec.token))])
 
     @api.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     async def complete(body: CompletionRequest) -> Response | dict[str, Any]:
@@ -159,7 +154,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
         return loader.status()
 
     @api.get("/hot_load")
-    def hot_load_status() -> ReplicaHotLoadStatus:
+    async def hot_load_status() -> ReplicaHotLoadStatus:
         return loader.status()
 
     app = FastAPI(title="shapeyard deployment worker", version="0.1.0")

@@ -21,8 +21,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from shapeyard.control.app import install_error_handlers
-from shapeyard.errors import InvalidArgument, NotFound, Unauthenticated
-from shapeyard.launch.child import start_worker
+from shapeyard.errors import InvalidArgument, NotFound
+from shapeyard.launch.child import gateway_only, start_worker
 from shapeyard.trainer.engine import Engine
 from shapeyard.trainer.ipc import Call, ComputeProcess
 from shapeyard.wire.trainer import (
@@ -35,7 +35,7 @@ from shapeyard.wire.trainer import (
     TryAgain,
     UntypedFuture,
 )
-from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec
+from shapeyard.wire.worker import TrainerWorkerSpec
 
 log = logging.getLogger("shapeyard.trainer")
 LONG_POLL_SECONDS = 25.0
@@ -50,18 +50,14 @@ def speaks_tinker(request: Request) -> bool:
 def create_worker_app(spec: TrainerWorkerSpec, engine: Engine) -> FastAPI:
     sessions: dict[str, float] = {}
 
-    def check_token(request: Request) -> None:
-        if spec.token and not secrets.compare_digest(request.headers.get(WORKER_TOKEN_HEADER, ""), spec.token):
-            raise Unauthenticated("this worker only answers requests that come through the shapeyard gateway")
-
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(check_token)])
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(gateway_only(spec.token))])
 
     @api.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @api.post("/client/config")
-    def client_config() -> dict[str, Any]:
+    async def client_config() -> dict[str, Any]:
         # JSON everywhere: the official clients then never switch to protobuf, JWT or RDMA paths.
         return {
             "pjwt_auth_enabled": False,
@@ -72,22 +68,22 @@ def create_worker_app(spec: TrainerWorkerSpec, engine: Engine) -> FastAPI:
         }
 
     @api.post("/create_session")
-    def create_session(body: CreateSessionRequest) -> dict[str, Any]:
+    async def create_session(body: CreateSessionRequest) -> dict[str, Any]:
         session_id = f"sess-{secrets.token_hex(6)}"
         sessions[session_id] = time.time()
         return CreateSessionResponse(session_id=session_id).to_json_dict()
 
     @api.post("/session_heartbeat")
-    def session_heartbeat(body: SessionHeartbeatRequest) -> dict[str, str]:
+    async def session_heartbeat(body: SessionHeartbeatRequest) -> dict[str, str]:
         sessions[body.session_id] = time.time()
         return {"type": "session_heartbeat"}
 
     @api.post("/telemetry")
-    def telemetry() -> dict[str, str]:
+    async def telemetry() -> dict[str, str]:
         return {"status": "accepted"}
 
     @api.get("/get_server_capabilities")
-    def capabilities() -> dict[str, Any]:
+    async def capabilities() -> dict[str, Any]:
         model = SupportedModel(model_name=spec.base_model, max_context_length=spec.max_context_length)
         return ServerCapabilities(supported_models=[model]).to_json_dict()
 
