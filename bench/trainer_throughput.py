@@ -1,22 +1,29 @@
-"""forward_backward + optim_step tokens/s through a shapeyard server versus a raw in-process PyTorch loop.
+"""forward_backward + optim_step tokens/s through a shapeyard server versus a raw PyTorch loop.
 
 Same model (the embedded tiny Qwen3), same batch (8 sequences x 256 tokens), same optimizer, both in one run, for
 full-parameter and LoRA training. The server path is the real one: client -> control plane gateway -> worker
-process; the client submits steps ahead (as the SDKs allow) and waits for the results.
+process; the client submits steps ahead (as the SDKs allow) and waits for the results. The raw loop is plain
+PyTorch in a process of its own, as the worker's model is.
 
-On a shared machine the speed of one loop drifts by tens of percent over seconds, whatever runs beside it. So the
-two loops take turns in short rounds, in the order raw-server, server-raw, ... (a drift then favours neither), and
-the figure is reported both as the ratio of total tokens/s and as the median of the per-round ratios.
+Two effects make a single comparison unreliable on a small shared machine, and the design answers both:
+- the speed of one loop drifts by tens of percent over seconds, whatever runs beside it: the two loops take turns in
+  short rounds, in the order raw-server, server-raw, ..., so that a drift favours neither;
+- a process's speed depends on where its memory landed: the very same loop in two fresh processes differs by up to
+  +-5 %, and the difference disappears with address-space randomisation turned off (`setarch -R`). So the
+  comparison is repeated over several fresh pairs of processes (a new trainer job and a new raw process each).
+The figure is the ratio of total tokens/s and the median of the per-round ratios, over all pairs.
 
-    .venv/bin/python -m bench.trainer_throughput [--steps 8] [--rounds 16] [--only full|lora]
+    .venv/bin/python -m bench.trainer_throughput [--pairs 4] [--rounds 8] [--steps 8] [--only full|lora]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -38,7 +45,7 @@ def batch(seed: int) -> list[list[int]]:
 
 
 class RawLoop:
-    """The same model, batch and optimizer in plain PyTorch in this process."""
+    """The same model, batch and optimizer in plain PyTorch."""
 
     def __init__(self, lora_rank: int) -> None:
         torch.manual_seed(0)
@@ -66,6 +73,36 @@ class RawLoop:
         return time.perf_counter() - began
 
 
+def run_raw_loop(connection: Connection, lora_rank: int) -> None:
+    """The raw process: runs `count` steps whenever asked and answers their seconds; None ends it."""
+    torch.set_num_threads(1)
+    loop = RawLoop(lora_rank)
+    loop.steps(WARMUP)
+    connection.send(None)
+    while (count := connection.recv()) is not None:
+        connection.send(loop.steps(count))
+
+
+class RawProcess:
+    """A RawLoop in a fresh process, like the worker's model."""
+
+    def __init__(self, lora_rank: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=run_raw_loop, args=(theirs, lora_rank), daemon=True)
+        self.process.start()
+        theirs.close()
+        self.connection.recv()  # warmed up
+
+    def steps(self, count: int) -> float:
+        self.connection.send(count)
+        return self.connection.recv()
+
+    def close(self) -> None:
+        self.connection.send(None)
+        self.process.join()
+
+
 class ServerLoop:
     """The same through a shapeyard server: client -> gateway -> worker, steps submitted ahead."""
 
@@ -88,52 +125,60 @@ class ServerLoop:
         return time.perf_counter() - began
 
 
-def measure(shape: str, lora_rank: int, steps: int, rounds: int) -> tuple[float, float, float]:
-    """Tokens/s of both loops and the median of the per-round ratios (which discards rounds that a burst of noise
-    hit on one side only)."""
+def measure(shape: str, lora_rank: int, steps: int, rounds: int, pairs: int) -> tuple[list[float], list[float]]:
+    """Seconds per round of each side, over `pairs` fresh pairs of processes."""
+    raw_seconds: list[float] = []
+    server_seconds: list[float] = []
     with (
         tempfile.TemporaryDirectory() as directory,
         EmbeddedServer(ServerSettings(data_dir=Path(directory), port=0, cpu_worker_slots=1)) as server,
     ):
-        run = managed_training(
-            base_url=server.base_url,
-            api_key=server.keys.api_key,
-            base_model=TINY,
-            training_shape_id=f"accounts/fireworks/trainingShapes/{shape}",
-            lora_rank=lora_rank,
-        )
-        raw_loop, server_loop = RawLoop(lora_rank), ServerLoop(run)
-        raw_loop.steps(WARMUP)
-        server_loop.steps(WARMUP)
-        raw_seconds, server_seconds = [], []
-        for round_ in range(rounds):
-            if round_ % 2:
-                server_seconds.append(server_loop.steps(steps))
-                raw_seconds.append(raw_loop.steps(steps))
-            else:
-                raw_seconds.append(raw_loop.steps(steps))
-                server_seconds.append(server_loop.steps(steps))
-        run.close(delete_job=True)
-    tokens = steps * BATCH * LENGTH
-    ratios = [raw / served for raw, served in zip(raw_seconds, server_seconds, strict=True)]
-    return tokens * rounds / sum(raw_seconds), tokens * rounds / sum(server_seconds), statistics.median(ratios)
+        for _ in range(pairs):
+            run = managed_training(
+                base_url=server.base_url,
+                api_key=server.keys.api_key,
+                base_model=TINY,
+                training_shape_id=f"accounts/fireworks/trainingShapes/{shape}",
+                lora_rank=lora_rank,
+            )
+            raw_loop, server_loop = RawProcess(lora_rank), ServerLoop(run)
+            server_loop.steps(WARMUP)
+            for round_ in range(rounds):
+                if round_ % 2:
+                    server_seconds.append(server_loop.steps(steps))
+                    raw_seconds.append(raw_loop.steps(steps))
+                else:
+                    raw_seconds.append(raw_loop.steps(steps))
+                    server_seconds.append(server_loop.steps(steps))
+            raw_loop.close()
+            run.close(delete_job=True)
+    return raw_seconds, server_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per pair of processes")
+    parser.add_argument("--pairs", type=int, default=4, help="fresh pairs of processes (trainer job, raw loop)")
     parser.add_argument("--only", choices=["full", "lora"], help="measure one kind of training only")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # the worker runs one thread too
-    print(f"tiny Qwen3, batch {BATCH} x {LENGTH} tokens, {args.rounds} alternating rounds of {args.steps} steps")
+    torch.set_num_threads(1)  # the client's side; the worker and the raw loop run one thread each
+    print(
+        f"tiny Qwen3, batch {BATCH} x {LENGTH} tokens, {args.pairs} pairs of processes x {args.rounds} alternating "
+        f"rounds of {args.steps} steps"
+    )
+    tokens = args.steps * BATCH * LENGTH
     for label, shape, rank in (("full", "tiny-qwen3-2k-cpu", 0), ("lora", "tiny-qwen3-2k-cpu-lora", 8)):
         if args.only not in (None, label):
             continue
-        raw, served, ratio = measure(shape, rank, args.steps, args.rounds)
+        raw, served = measure(shape, rank, args.steps, args.rounds, args.pairs)
+        ratios = [r / s for r, s in zip(raw, served, strict=True)]
+        pairs = [slice(i, i + args.rounds) for i in range(0, len(raw), args.rounds)]
+        per_pair = " ".join(f"{sum(raw[p]) / sum(served[p]):.3f}" for p in pairs)
         print(
-            f"{label:5s} raw {raw:7.0f} tok/s   server {served:7.0f} tok/s   "
-            f"ratio of totals {served / raw:.3f}   median ratio per round {ratio:.3f}"
+            f"{label:5s} raw {tokens * len(raw) / sum(raw):7.0f} tok/s   "
+            f"server {tokens * len(served) / sum(served):7.0f} tok/s   ratio of totals {sum(raw) / sum(served):.3f}   "
+            f"median ratio per round {statistics.median(ratios):.3f}   (per pair: {per_pair})"
         )
 
 

@@ -10,6 +10,7 @@ step has the GIL to itself.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from multiprocessing.connection import Connection
 
@@ -193,6 +194,9 @@ def main() -> None:
     torch.set_num_threads(spec.threads)
     log.info("loading %s on %s for %s", spec.base_model, spec.device, spec.job_name)
     service = build_service(spec)
+    # What is loaded by now lives as long as the process. Frozen out of the collector's sight, a full collection
+    # takes under 1 ms instead of ~200 ms (measured on the tiny model), a pause a training step would wait through.
+    gc.freeze()
     connection.send(READY)
     serve(service, connection)
 
