@@ -31,6 +31,7 @@ from peft import LoraConfig, get_peft_model
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.config import ServerSettings
+from shapeyard.launch.child import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model
 from shapeyard.server import EmbeddedServer
@@ -73,9 +74,11 @@ class RawLoop:
         return time.perf_counter() - began
 
 
-def run_raw_loop(connection: Connection, lora_rank: int) -> None:
+def run_raw_loop(connection: Connection, lora_rank: int, retain: bool) -> None:
     """The raw process: runs `count` steps whenever asked and answers their seconds; None ends it."""
     torch.set_num_threads(1)
+    if retain:
+        retain_freed_memory()
     loop = RawLoop(lora_rank)
     loop.steps(WARMUP)
     connection.send(None)
@@ -84,12 +87,12 @@ def run_raw_loop(connection: Connection, lora_rank: int) -> None:
 
 
 class RawProcess:
-    """A RawLoop in a fresh process, like the worker's model."""
+    """A RawLoop in a fresh process, like the worker's model; `retain`: with malloc set up as the worker's."""
 
-    def __init__(self, lora_rank: int) -> None:
+    def __init__(self, lora_rank: int, retain: bool) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=run_raw_loop, args=(theirs, lora_rank), daemon=True)
+        self.process = context.Process(target=run_raw_loop, args=(theirs, lora_rank, retain), daemon=True)
         self.process.start()
         theirs.close()
         self.connection.recv()  # warmed up
@@ -125,7 +128,9 @@ class ServerLoop:
         return time.perf_counter() - began
 
 
-def measure(shape: str, lora_rank: int, steps: int, rounds: int, pairs: int) -> tuple[list[float], list[float]]:
+def measure(
+    shape: str, lora_rank: int, steps: int, rounds: int, pairs: int, retain: bool
+) -> tuple[list[float], list[float]]:
     """Seconds per round of each side, over `pairs` fresh pairs of processes."""
     raw_seconds: list[float] = []
     server_seconds: list[float] = []
@@ -141,7 +146,7 @@ def measure(shape: str, lora_rank: int, steps: int, rounds: int, pairs: int) -> 
                 training_shape_id=f"accounts/fireworks/trainingShapes/{shape}",
                 lora_rank=lora_rank,
             )
-            raw_loop, server_loop = RawProcess(lora_rank), ServerLoop(run)
+            raw_loop, server_loop = RawProcess(lora_rank, retain), ServerLoop(run)
             server_loop.steps(WARMUP)
             for round_ in range(rounds):
                 if round_ % 2:
@@ -158,9 +163,10 @@ def measure(shape: str, lora_rank: int, steps: int, rounds: int, pairs: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds per pair of processes")
-    parser.add_argument("--pairs", type=int, default=4, help="fresh pairs of processes (trainer job, raw loop)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per pair of processes")
+    parser.add_argument("--pairs", type=int, default=8, help="fresh pairs of processes (trainer job, raw loop)")
     parser.add_argument("--only", choices=["full", "lora"], help="measure one kind of training only")
+    parser.add_argument("--plain-raw", action="store_true", help="the raw loop with glibc's default malloc thresholds")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the client's side; the worker and the raw loop run one thread each
     print(
@@ -171,7 +177,7 @@ def main() -> None:
     for label, shape, rank in (("full", "tiny-qwen3-2k-cpu", 0), ("lora", "tiny-qwen3-2k-cpu-lora", 8)):
         if args.only not in (None, label):
             continue
-        raw, served = measure(shape, rank, args.steps, args.rounds, args.pairs)
+        raw, served = measure(shape, rank, args.steps, args.rounds, args.pairs, not args.plain_raw)
         ratios = [r / s for r, s in zip(raw, served, strict=True)]
         pairs = [slice(i, i + args.rounds) for i in range(0, len(raw), args.rounds)]
         per_pair = " ".join(f"{sum(raw[p]) / sum(served[p]):.3f}" for p in pairs)

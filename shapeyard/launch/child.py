@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import secrets
@@ -18,6 +19,10 @@ from shapeyard.errors import Unauthenticated
 from shapeyard.wire.worker import WORKER_TOKEN_HEADER, WorkerSpec
 
 S = TypeVar("S", bound=WorkerSpec)
+# glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20  # the most glibc accepts on 64-bit
+TRIM_THRESHOLD = 1 << 30
 
 
 def exit_with_parent() -> None:
@@ -32,10 +37,27 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def retain_freed_memory() -> None:
+    """Let glibc's malloc keep the memory a training step frees, for the next step to reuse.
+
+    By default glibc serves large blocks with mmap and hands the top of its heap back to the kernel whenever more
+    than a (moving) threshold of it is free. A training step frees most of its activations at its end, so the next
+    step faults every page back in: 2,000-7,000 page faults and 3-16 ms of kernel time per step of the tiny model
+    (~150 ms), measured. With fixed thresholds, blocks up to 32 MiB come from the heap and up to 1 GiB of free heap
+    is kept: the same steps fault almost no pages. The process's peak memory does not change, only its giving
+    back. Without glibc (macOS, musl) this does nothing.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
 def setup_process() -> None:
-    """Logging to the worker's log (the launcher captures it) and the parent watch."""
+    """Logging to the worker's log (the launcher captures it), the parent watch and malloc's thresholds."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     exit_with_parent()
+    retain_freed_memory()
 
 
 def start_worker(spec_type: type[S], description: str) -> S:

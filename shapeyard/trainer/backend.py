@@ -9,9 +9,9 @@ forward_backward that fails midway puts the gradients back as they were, so bad 
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 import shutil
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -221,12 +221,17 @@ class TrainerBackend:
         return prepared
 
     def _token_ids(self, values: list[int] | list[float], where: str) -> Tensor:
-        tensor = torch.tensor(values)
-        integral = not tensor.is_floating_point() or bool((tensor == tensor.round()).all())
-        if not integral or bool(tensor.min() < 0) or bool(tensor.max() >= self.vocab_size):
+        # through an array: torch.tensor(list) takes ~7x as long, 0.6 ms of each step of the benchmark's batch
+        try:
+            ids = array("q", values)
+        except (TypeError, OverflowError):  # floats (whole ones are fine) or ints beyond int64
+            ids = None
+            if all(float(v).is_integer() and abs(v) < 2**63 for v in values):
+                ids = array("q", map(int, values))
+        if ids is None or min(ids) < 0 or max(ids) >= self.vocab_size:
             bad = next(v for v in values if not float(v).is_integer() or not 0 <= v < self.vocab_size)
             raise InvalidArgument(f"{where}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return tensor.long().to(self.config.device)
+        return torch.frombuffer(ids, dtype=torch.int64).to(self.config.device)
 
     def _tensor(self, key: str, tensor: TensorData, length: int, where: str) -> Tensor:
         values = tensor.to_list()
@@ -363,8 +368,11 @@ class TrainerBackend:
         if divisor > 1:
             for grad in grads:
                 grad.div_(divisor)
-        max_norm = adam.grad_clip_norm if adam.grad_clip_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(slot.params, max_norm, foreach=False)) if grads else 0.0
+        # the norm is a metric whether or not it clips; without a limit the grads are not rescaled by 1
+        norm = torch.nn.utils.get_total_norm(grads, foreach=False) if grads else None
+        if norm is not None and adam.grad_clip_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(slot.params, adam.grad_clip_norm, norm, foreach=False)
+        grad_norm = float(norm) if norm is not None else 0.0
         for group in slot.optimizer.param_groups:
             group.update(
                 lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps, weight_decay=adam.weight_decay

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from shapeyard.launch.child import retain_freed_memory
 from shapeyard.shapes.validation import SmokeResult
 from shapeyard.trainer.backend import ModelKind
 from shapeyard.trainer.compute import build_service
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--spec", required=True)
     spec = TrainerWorkerSpec.model_validate_json(Path(parser.parse_args().spec).read_text())
     torch.set_num_threads(spec.threads)
+    retain_freed_memory()  # as the worker's compute process does, so that the step time is the worker's
     try:
         result = smoke(spec)
     except Exception as exc:  # reported, not raised: a failed smoke step is a validation outcome

@@ -16,7 +16,8 @@ from shapeyard.errors import FailedPrecondition, InvalidArgument
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
 from shapeyard.trainer.backend import BackendConfig, TrainerBackend
-from shapeyard.wire.trainer import AdamParams, Datum, GradNormalization, LoraConfig, ModelInput
+from shapeyard.trainer.losses import loss_spec
+from shapeyard.wire.trainer import AdamParams, Datum, GradNormalization, LoraConfig, ModelInput, TensorData
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
@@ -395,6 +396,31 @@ def test_failed_forward_backward_changes_nothing(model_path, tmp_path, rank, kin
 
     backend.optim_step(model_id, ADAM, normalization)
     assert_same_state(trainable(backend, model_id), trainable(clean, clean_id))
+
+
+@pytest.mark.parametrize(
+    ("last", "refused"),
+    [(7, None), (7.0, None), (7.5, "7.5"), (math.nan, "nan"), (-1, "-1"), (2**70, str(2**70))],
+    ids=["int", "whole-float", "fraction", "nan", "negative", "beyond-int64"],
+)
+def test_target_token_ids_are_whole_numbers_in_the_vocabulary(model_path, tmp_path, last, refused) -> None:
+    backend = bare_backend(model_path, tmp_path)
+    tokens, targets, _ = BATCHES[0][0]
+    values = [*targets[:-1], last]
+    dtype = "float32" if isinstance(last, float) else "int64"
+    datum = Datum(
+        model_input=ModelInput.from_ints(tokens),
+        loss_fn_inputs={"target_tokens": TensorData(data=values, dtype=dtype)},
+    )
+    spec = loss_spec("cross_entropy")
+    if refused is None:
+        (prepared,) = backend.prepare([datum], spec, "cross_entropy")
+        assert prepared.inputs["target_tokens"].tolist() == [int(v) for v in values]
+        assert prepared.inputs["target_tokens"].dtype == torch.int64
+    else:
+        message = f"datum 0 target_tokens: token id {refused} is outside the vocabulary (0..{tiny.VOCAB_SIZE - 1})"
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            backend.prepare([datum], spec, "cross_entropy")
 
 
 def test_failed_forward_backward_on_fresh_model_leaves_no_gradients(model_path, tmp_path) -> None:
