@@ -34,6 +34,7 @@ from shapeyard.client import ControlClient
 from shapeyard.client.managed import wait_until_serving
 from shapeyard.client.sampling import DeploymentSampler
 from shapeyard.config import ServerSettings
+from shapeyard.launch.child import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
 from shapeyard.server import EmbeddedServer
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--client", choices=["list", "threads", "both"], default="both", help="see the docstring")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the deployment worker runs one thread too
+    retain_freed_memory()  # and keeps the memory it frees, as every worker process does
     clients = ["list", "threads"] if args.client == "both" else [args.client]
     print(f"tiny Qwen3, {PROMPTS} prompts x {NEW_TOKENS} new tokens, {args.rounds} alternating rounds")
     raw_seconds, served = measure(clients, args.rounds)

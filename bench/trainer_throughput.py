@@ -8,12 +8,16 @@ PyTorch in a process of its own, as the worker's model is.
 Two effects make a single comparison unreliable on a small shared machine, and the design answers both:
 - the speed of one loop drifts by tens of percent over seconds, whatever runs beside it: the two loops take turns in
   short rounds, in the order raw-server, server-raw, ..., so that a drift favours neither;
-- a process's speed depends on where its memory landed: the very same loop in two fresh processes differs by up to
-  +-5 %, and the difference disappears with address-space randomisation turned off (`setarch -R`). So the
+- a process's speed depends on where its memory landed: the very same loop in two fresh processes differs by 5-10 %
+  at times, and the difference disappears with address-space randomisation turned off (`setarch -R`). So the
   comparison is repeated over several fresh pairs of processes (a new trainer job and a new raw process each).
 The figure is the ratio of total tokens/s and the median of the per-round ratios, over all pairs.
 
-    .venv/bin/python -m bench.trainer_throughput [--pairs 4] [--rounds 8] [--steps 8] [--only full|lora]
+The worker's processes fix glibc's malloc thresholds so that the memory a step frees serves the next step
+(`shapeyard.launch.child.retain_freed_memory`). The raw loop does the same, so that the ratio is the cost of the
+server path alone; `--plain-raw` leaves it with glibc's defaults, as a plain PyTorch loop runs.
+
+    .venv/bin/python -m bench.trainer_throughput [--pairs 8] [--rounds 4] [--steps 8] [--only full|lora]
 """
 
 from __future__ import annotations
