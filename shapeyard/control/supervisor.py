@@ -77,9 +77,9 @@ class Supervisor:
         """Nothing for `_reconcile` to do: the worker is starting, or ready and the job already RUNNING. Training
         jobs spend their life here, so the tick skips their transaction (its CPU would compete with training)."""
         status = self.control.launcher.status(name)
-        if status is None or status.state == WorkerState.EXITED:
+        if status is None:
             return False
-        return status.state == WorkerState.STARTING or state == JobState.RUNNING
+        return status.state == WorkerState.STARTING or (status.state == WorkerState.READY and state == JobState.RUNNING)
 
     def _reconcile(self, session: Session, job: TrainerJob) -> None:
         launcher = self.control.launcher

@@ -6,17 +6,12 @@ import argparse
 import ctypes
 import logging
 import os
-import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import Request
-
-from shapeyard.errors import Unauthenticated
-from shapeyard.wire.worker import WORKER_TOKEN_HEADER, WorkerSpec
+from shapeyard.wire.worker import WorkerSpec
 
 S = TypeVar("S", bound=WorkerSpec)
 # glibc's mallopt parameters
@@ -68,14 +63,3 @@ def start_worker(spec_type: type[S], description: str) -> S:
     spec = spec_type.model_validate_json(Path(parser.parse_args().spec).read_text())
     setup_process()
     return spec
-
-
-def gateway_only(token: str) -> Callable[[Request], Awaitable[None]]:
-    """The dependency of a worker's routes: only requests that carry the worker's token (the gateway adds it) get
-    through. A coroutine, so that FastAPI checks it on the event loop rather than in a thread per request."""
-
-    async def check_token(request: Request) -> None:
-        if token and not secrets.compare_digest(request.headers.get(WORKER_TOKEN_HEADER, ""), token):
-            raise Unauthenticated("this worker only answers requests that come through the shapeyard gateway")
-
-    return check_token

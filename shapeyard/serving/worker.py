@@ -22,7 +22,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import FailedPrecondition, HotLoadInProgress
-from shapeyard.launch.child import gateway_only, start_worker
+from shapeyard.launch.child import start_worker
+from shapeyard.launch.gateway_token import gateway_only
 from shapeyard.models.loading import weights_path
 from shapeyard.serving import responses
 from shapeyard.serving.batcher import Batcher

@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, Response
 
 from shapeyard.control.app import install_error_handlers
 from shapeyard.errors import InvalidArgument, NotFound
-from shapeyard.launch.child import gateway_only, start_worker
+from shapeyard.launch.child import start_worker
+from shapeyard.launch.gateway_token import gateway_only
 from shapeyard.trainer.engine import Engine
 from shapeyard.trainer.ipc import Call, ComputeProcess
 from shapeyard.wire.trainer import (
