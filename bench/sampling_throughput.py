@@ -33,11 +33,11 @@ import torch
 from shapeyard.client import ControlClient
 from shapeyard.client.managed import wait_until_serving
 from shapeyard.client.sampling import DeploymentSampler
-from shapeyard.config import ServerSettings
-from shapeyard.launch.child import retain_freed_memory
+from shapeyard.control.settings import ServerSettings
+from shapeyard.runtime.process import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
-from shapeyard.server import EmbeddedServer
+from shapeyard.control.embedded import EmbeddedServer
 from shapeyard.wire.control import CreateDeploymentRequest
 from shapeyard.wire.inference import CompletionRequest
 

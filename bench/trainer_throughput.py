@@ -14,7 +14,7 @@ Two effects make a single comparison unreliable on a small shared machine, and t
 The figure is the ratio of total tokens/s and the median of the per-round ratios, over all pairs.
 
 The worker's processes fix glibc's malloc thresholds so that the memory a step frees serves the next step
-(`shapeyard.launch.child.retain_freed_memory`). The raw loop does the same, so that the ratio is the cost of the
+(`shapeyard.runtime.process.retain_freed_memory`). The raw loop does the same, so that the ratio is the cost of the
 server path alone; `--plain-raw` leaves it with glibc's defaults, as a plain PyTorch loop runs.
 
     .venv/bin/python -m bench.trainer_throughput [--pairs 8] [--rounds 4] [--steps 8] [--only full|lora]
@@ -34,11 +34,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
-from shapeyard.config import ServerSettings
-from shapeyard.launch.child import retain_freed_memory
+from shapeyard.control.settings import ServerSettings
+from shapeyard.runtime.process import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model
-from shapeyard.server import EmbeddedServer
+from shapeyard.control.embedded import EmbeddedServer
 
 BATCH, LENGTH, WARMUP = 8, 256, 3
 TINY = "accounts/fireworks/models/tiny-qwen3"

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-import shapeyard.cli
 from shapeyard.cli import app
-from tests.conftest import RunningServer, unique
+from shapeyard.cli.common import console
+from tests.helpers import RunningServer, unique
 
 runner = CliRunner()
 
@@ -18,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Tables wide enough that full names appear on one line."""
-    monkeypatch.setattr(shapeyard.cli, "console", Console(width=250))
+    monkeypatch.setattr(console, "width", 250)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Reads the catalog files in this folder into typed entries.
 
-The files are the source of truth a reviewer reads; `shapeyard.store.catalog_sync` loads them into the database.
+The files are the source of truth a reviewer reads; `shapeyard.catalog.sync` loads them into the database. They
+name models and shapes by short ids of the public catalog account (`wire.names.public`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from shapeyard.shapes.types import (
+from shapeyard.wire import names
+from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeploymentShapeSnapshot,
     ModelSpec,
@@ -22,20 +24,7 @@ from shapeyard.shapes.types import (
     WeightsSource,
 )
 
-PUBLIC_ACCOUNT = "fireworks"
 CATALOG_DIR = Path(__file__).parent
-
-
-def model_name(short: str) -> str:
-    return short if short.startswith("accounts/") else f"accounts/{PUBLIC_ACCOUNT}/models/{short}"
-
-
-def deployment_shape_name(short: str) -> str:
-    return short if short.startswith("accounts/") else f"accounts/{PUBLIC_ACCOUNT}/deploymentShapes/{short}"
-
-
-def training_shape_name(short: str) -> str:
-    return short if short.startswith("accounts/") else f"accounts/{PUBLIC_ACCOUNT}/trainingShapes/{short}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ def with_local_weights(catalog: Catalog, directories: Mapping[str, str]) -> Cata
     """The catalog with the named models' weights read from local HF directories (`shapeyard serve --model-dir`)."""
     models = dict(catalog.models)
     for name, directory in directories.items():
-        full = name if name.startswith("accounts/") else model_name(name)
+        full = names.public(names.MODELS, name)
         if full not in models:
             raise ValueError(f"model-dir {name}: no such model in the catalog; models: {', '.join(sorted(models))}")
         models[full] = models[full].model_copy(update={"weights": WeightsSource(local_dir=directory)})
@@ -81,13 +70,13 @@ def _read(path: Path) -> dict[str, Any]:
 def _training_entry(raw: dict[str, Any], defaults: dict[str, Any]) -> TrainingShapeEntry:
     raw = dict(raw)
     shape_id = raw.pop("shape")
-    deployment_shape = deployment_shape_name(raw.pop("deploymentShape"))
+    deployment_shape = names.public(names.DEPLOYMENT_SHAPES, raw.pop("deploymentShape"))
     fields = {key: value for key, value in defaults.items() if key != "maxLoraRank"}
     if raw.get("trainerMode") == TrainerMode.LORA_TRAINER:
         fields["maxLoraRank"] = defaults["maxLoraRank"]
     fields.update(raw)
-    fields["baseModel"] = model_name(fields["baseModel"])
-    entry = TrainingShapeEntry(training_shape_name(shape_id), deployment_shape, fields)
+    fields["baseModel"] = names.public(names.MODELS, fields["baseModel"])
+    entry = TrainingShapeEntry(names.public(names.TRAINING_SHAPES, shape_id), deployment_shape, fields)
     entry.snapshot("placeholder")  # fail at load time, naming the entry, if a field is wrong
     return entry
 
@@ -101,11 +90,11 @@ def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
     models = {item["name"]: ModelSpec.model_validate(item) for item in _read(directory / "models.yaml")["models"]}
     deployment_shapes = [
         DeploymentShapeEntry(
-            deployment_shape_name(item["shape"]),
+            names.public(names.DEPLOYMENT_SHAPES, item["shape"]),
             DeploymentShapeSnapshot.model_validate(
                 {
                     **{k: v for k, v in item.items() if k != "shape"},
-                    "baseModel": model_name(item["baseModel"]),
+                    "baseModel": names.public(names.MODELS, item["baseModel"]),
                 }
             ),
         )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from shapeyard.catalog.loader import PUBLIC_ACCOUNT, Catalog
+from shapeyard.catalog.loader import Catalog
 from shapeyard.shapes.admin import validate_version
 from shapeyard.shapes.validation import validate_deployment_shape
 from shapeyard.store import catalog as store
 from shapeyard.store.accounts import ensure_account
 from shapeyard.store.tables import DeploymentShapeVersion, TrainingShapeVersion
+from shapeyard.wire.names import PUBLIC_ACCOUNT
 
 
 def sync_catalog(session: Session, catalog: Catalog) -> list[str]:

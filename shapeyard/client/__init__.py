@@ -1,7 +1,7 @@
 """shapeyard's Python client: the control plane, the trainer protocol, and the managed path."""
 
-from shapeyard.client.control import ApiError, ControlClient
-from shapeyard.client.futures import RequestFailedError
+from shapeyard.client.control import ControlClient
+from shapeyard.client.http import ApiError
 from shapeyard.client.managed import ManagedTraining, managed_training
 from shapeyard.client.training import ServiceClient, TrainingClient
 from shapeyard.wire.trainer import AdamParams, Datum, ModelInput, TensorData
@@ -13,7 +13,6 @@ __all__ = [
     "Datum",
     "ManagedTraining",
     "ModelInput",
-    "RequestFailedError",
     "ServiceClient",
     "TensorData",
     "TrainingClient",

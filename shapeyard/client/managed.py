@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shapeyard.client.control import ApiError, ControlClient
+from shapeyard.client.control import ControlClient
+from shapeyard.client.http import ApiError
 from shapeyard.client.sampling import DeploymentSampler, WeightSyncer
 from shapeyard.client.training import ServiceClient, TrainingClient
-from shapeyard.shapes.types import TrainerMode
+from shapeyard.wire import names, routes
 from shapeyard.wire.control import (
     RESUMABLE_JOB_STATES,
     CreateDeploymentRequest,
@@ -40,6 +41,7 @@ from shapeyard.wire.control import (
     TrainingConfig,
     TrainingShapeVersionResource,
 )
+from shapeyard.wire.shapes import TrainerMode
 
 T = TypeVar("T", TrainerJobResource, DeploymentResource)
 
@@ -65,7 +67,7 @@ class ManagedTraining:
 
     @property
     def job_id(self) -> str:
-        return self.job.name.rsplit("/", 1)[1]
+        return names.short(self.job.name)
 
     @property
     def max_context_length(self) -> int:
@@ -84,7 +86,7 @@ class ManagedTraining:
         """Deletes the deployment and the reference job it created; the policy's job too when asked."""
         self.release_reference()
         if self.deployment is not None:
-            self.control.delete_deployment(self.deployment.name.rsplit("/", 1)[1])
+            self.control.delete_deployment(names.short(self.deployment.name))
             self.sampler.close()
         if delete_job:
             self.control.delete_trainer_job(self.job_id)
@@ -117,7 +119,7 @@ def wait_until_serving(control: ControlClient, deployment_id: str, timeout: floa
 
 
 def _gateway(base_url: str, account: str, job_id: str) -> str:
-    return f"{base_url.rstrip('/')}/training/v1/rlorTrainerJobs/{account}/{job_id}"
+    return base_url.rstrip("/") + routes.TRAINER_GATEWAY.format(account=account, job_id=job_id)
 
 
 def _ensure_job(control: ControlClient, job_id: str, request: CreateTrainerJobRequest, shape: str | None) -> bool:
@@ -209,7 +211,7 @@ def managed_training(
             min_replica_count=deployment_replica_count,
             max_replica_count=deployment_replica_count,
             for_training=True,
-            hot_load_trainer_job=f"accounts/{control.account}/rlorTrainerJobs/{job_id}",
+            hot_load_trainer_job=names.job_name(control.account, job_id),
             deployment_shape=profile.snapshot.deployment_shape_version if profile else None,
         )
         try:

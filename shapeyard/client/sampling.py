@@ -12,17 +12,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from shapeyard.client.control import ControlClient, raise_for_error
+from shapeyard.client.control import ControlClient
+from shapeyard.client.http import check, session
 from shapeyard.client.training import TrainingClient
-from shapeyard.wire.inference import CompletionRequest
+from shapeyard.wire import routes
+from shapeyard.wire.inference import CompletionChoice, CompletionRequest, CompletionResponse
 
 RETRY_STATUSES = {425, 503}  # hot-load in progress; no replica ready yet
 
 
 @dataclass
-class SampledSequence:
+class Completion:
+    """One sampled completion of a prompt."""
+
     tokens: list[int]
     logprobs: list[float]  # the model's (temperature 1) logprob of each token: what the trainer's forward computes
     sampling_logprobs: list[float]  # under the distribution sampled from (temperature, top-k, top-p)
@@ -32,14 +34,17 @@ class SampledSequence:
 
 
 class DeploymentSampler:
+    """Completions of a deployment, with the logprobs a trainer needs. Errors raise `shapeyard.client.ApiError`;
+    425 (hot-load in progress) and 503 (no replica ready yet) are retried for `retry_for` seconds."""
+
     def __init__(self, base_url: str, api_key: str, deployment: str, timeout: float = 300.0) -> None:
         self.deployment = deployment
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers={"X-Api-Key": api_key}, timeout=timeout)
+        self._http = session(base_url, api_key, timeout)
 
     def close(self) -> None:
         self._http.close()
 
-    def sample(self, prompt: list[int], **options: Any) -> list[SampledSequence]:
+    def sample(self, prompt: list[int], **options: Any) -> list[Completion]:
         """`n` samples of one prompt."""
         return self.sample_batch([prompt], **options)
 
@@ -57,7 +62,7 @@ class DeploymentSampler:
         stop_token_ids: list[int] | None = None,
         prompt_logprobs: bool = False,
         retry_for: float = 120.0,
-    ) -> list[SampledSequence]:
+    ) -> list[Completion]:
         """One request for all prompts (the replica decodes them as one batch): `n` samples per prompt, in order."""
         request = CompletionRequest(
             model=self.deployment,
@@ -73,37 +78,36 @@ class DeploymentSampler:
             logprobs=True,
             echo=prompt_logprobs,
         )
-        answer = self._post(request.model_dump(exclude_none=True), retry_for)
+        answer = self._post(request, retry_for)
         lengths = [len(prompt) for prompt in prompts for _ in range(n)]
         return [
-            _sequence(choice, length, prompt_logprobs)
-            for choice, length in zip(answer["choices"], lengths, strict=True)
+            _completion(choice, length, prompt_logprobs) for choice, length in zip(answer.choices, lengths, strict=True)
         ]
 
-    def _post(self, body: dict[str, Any], retry_for: float) -> dict[str, Any]:
+    def _post(self, request: CompletionRequest, retry_for: float) -> CompletionResponse:
         deadline = time.monotonic() + retry_for
         while True:
-            response = self._http.post("/inference/v1/completions", json=body)
+            response = self._http.post(routes.COMPLETIONS, json=request.to_json_dict())
             if response.status_code in RETRY_STATUSES and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
-            raise_for_error(response)
-            return response.json()
+            return CompletionResponse.model_validate(check(response))
 
 
-def _sequence(choice: dict[str, Any], prompt_length: int, echoed: bool) -> SampledSequence:
-    entries = choice["logprobs"]["content"]
-    tokens = choice["raw_output"]["completion_token_ids"]
+def _completion(choice: CompletionChoice, prompt_length: int, echoed: bool) -> Completion:
+    assert choice.logprobs is not None and choice.raw_output is not None, "requested with logprobs"
+    entries = choice.logprobs.content
+    tokens = choice.raw_output.completion_token_ids
     prompt_logprobs = None
     if echoed:  # the prompt's tokens come first, the first of them without a logprob
-        prompt_logprobs = [None] + [entry["logprob"] for entry in entries[1:prompt_length]]
+        prompt_logprobs = [None] + [entry.logprob for entry in entries[1:prompt_length]]
         tokens, entries = tokens[prompt_length:], entries[prompt_length:]
-    return SampledSequence(
+    return Completion(
         tokens=tokens,
-        logprobs=[entry["logprob"] for entry in entries],
-        sampling_logprobs=[entry["sampling_logprob"] for entry in entries],
-        finish_reason=choice["finish_reason"],
-        text=choice["text"],
+        logprobs=[entry.logprob for entry in entries],
+        sampling_logprobs=[entry.sampling_logprob for entry in entries],
+        finish_reason=choice.finish_reason,
+        text=choice.text,
         prompt_logprobs=prompt_logprobs,
     )
 

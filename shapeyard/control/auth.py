@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from shapeyard.errors import NotFound, Unauthenticated
+from shapeyard.control.state import ControlPlane
 from shapeyard.store.accounts import Caller, caller_for_key
+from shapeyard.wire.errors import NotFound, PermissionDenied, Unauthenticated
 
 
 def api_key(request: Request) -> str | None:
@@ -19,27 +18,23 @@ def api_key(request: Request) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
-# Known keys are remembered briefly: the trainer gateway sees several requests per training step.
-KEY_CACHE_SECONDS = 10.0
-_known: dict[str, tuple[Caller, float]] = {}
-
-
 async def authenticate(request: Request) -> Caller:
     key = api_key(request)
     if not key:
         raise Unauthenticated("missing API key: send it in the X-Api-Key header")
-    known = _known.get(key)
-    if known is not None and known[1] > time.monotonic():
-        return known[0]
+    control: ControlPlane = request.app.state.control
+    caller = control.keys.get(key)
+    if caller is not None:
+        return caller
 
     def lookup() -> Caller | None:
-        with request.app.state.control.db.session() as session:
+        with control.db.session() as session:
             return caller_for_key(session, key)
 
     caller = await run_in_threadpool(lookup)
     if caller is None:
         raise Unauthenticated("invalid API key")
-    _known[key] = (caller, time.monotonic() + KEY_CACHE_SECONDS)
+    control.keys.put(key, caller)
     return caller
 
 
@@ -47,3 +42,8 @@ def require_account(caller: Caller, account: str, what: str) -> None:
     """Another account's resources are reported as absent, not forbidden, so their names do not leak."""
     if account != caller.account and not caller.is_admin:
         raise NotFound(f"{what} not found")
+
+
+def require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
+        raise PermissionDenied("this operation needs an admin API key")

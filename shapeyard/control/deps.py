@@ -1,16 +1,14 @@
-"""Request dependencies shared by the routers."""
+"""Request dependencies shared by the routers and gateways."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
 from shapeyard.control.auth import authenticate
+from shapeyard.control.state import ControlPlane
 from shapeyard.store.accounts import Caller
-
-if TYPE_CHECKING:
-    from shapeyard.control.app import ControlPlane
 
 
 async def control_plane(request: Request) -> ControlPlane:
@@ -19,7 +17,7 @@ async def control_plane(request: Request) -> ControlPlane:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
-PlaneDep = Annotated["ControlPlane", Depends(control_plane)]
+PlaneDep = Annotated[ControlPlane, Depends(control_plane)]
 
 
 class WireRouter(APIRouter):

@@ -11,13 +11,12 @@ averaged over the pairs, and one optim_step. Log-probabilities are summed over t
 
 Metrics go to `<log_dir>/metrics.jsonl` (loss, margin, accuracy = the share of pairs whose margin is positive);
 held-out preference accuracy on `eval_data` (the share of pairs whose chosen answer the policy finds likelier)
-before, every `eval_every` steps and at the end. Checkpoints every `save_every` steps; a rerun resumes.
+before, every `run.eval_every` steps and at the end. Checkpoints every `run.save_every` steps; a rerun resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,33 +24,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
-from transformers import AutoTokenizer
+from pydantic import BaseModel, Field
 
 from shapeyard.client import AdamParams, Datum, TrainingClient
 from shapeyard.client.training import CustomLoss
-from shapeyard.cookbook.config import ReferenceSection, Section, ServerSection, TrainerSection
+from shapeyard.cookbook.config import ReferenceSection, RunSection, Section, ServerSection, TrainerSection
 from shapeyard.cookbook.data import epoch_batches, read_jsonl, supervised_datum
-from shapeyard.cookbook.renderers import render_chat
-from shapeyard.cookbook.runs import RunDir, progress_bar, provision
+from shapeyard.cookbook.runs import RecipeRun, progress_bar
+from shapeyard.models.chat import render_chat
 
 SCORING_BATCH = 64  # datums per forward request while scoring
 
 
 class DPOConfig(Section):
-    server: ServerSection = ServerSection()
+    server: ServerSection = Field(default_factory=ServerSection)
     trainer: TrainerSection
-    reference: ReferenceSection = ReferenceSection()
+    reference: ReferenceSection = Field(default_factory=ReferenceSection)
+    run: RunSection = Field(default_factory=RunSection)
     train_data: Path
     eval_data: Path | None = None
-    eval_every: int = 0  # 0: before training and at the end only
     beta: float = Field(0.1, gt=0)
     batch_size: int = Field(16, ge=1)  # pairs per step
-    steps: int | None = Field(None, ge=1)  # default: one epoch
-    save_every: int = 0  # 0: only at the end
-    log_dir: Path = Path("runs/dpo")
-    seed: int = 0
-    keep_job: bool = False
 
 
 @dataclass
@@ -84,8 +77,8 @@ def interleaved(pairs: list[Pair]) -> list[Datum]:
     return [d for pair in pairs for d in (pair.chosen, pair.rejected)]
 
 
-def _cache(run_dir: RunDir) -> Path:
-    return run_dir.path / "reference.json"
+def _cache(log_dir: Path) -> Path:
+    return log_dir / "reference.json"
 
 
 def _weights(datum: Datum) -> list[float]:
@@ -104,23 +97,37 @@ def sequence_logprobs(client: TrainingClient, data: list[Datum]) -> list[float]:
     return totals
 
 
-def cached_scores(run_dir: RunDir, key: str) -> list[list[float]] | None:
-    """[chosen, rejected] reference logprobs per pair, if the log directory holds them for this data."""
-    cache = _cache(run_dir)
-    saved = json.loads(cache.read_text()) if cache.exists() else {}
-    return saved["scores"] if saved.get("key") == key else None
+class ReferenceScores(BaseModel):
+    """`<log_dir>/reference.json`: the reference's scores of the training pairs, for the data they were made of."""
+
+    key: str  # a digest of the training data and the base model
+    scores: list[list[float]]  # [chosen, rejected] reference logprobs per pair
 
 
-def score_pairs(run_dir: RunDir, reference: TrainingClient, pairs: list[Pair], key: str) -> list[list[float]]:
+def cached_scores(log_dir: Path, key: str) -> list[list[float]] | None:
+    """The cached reference scores, if the log directory holds them for this data."""
+    cache = _cache(log_dir)
+    saved = ReferenceScores.model_validate_json(cache.read_text()) if cache.exists() else None
+    return saved.scores if saved is not None and saved.key == key else None
+
+
+def score_pairs(log_dir: Path, reference: TrainingClient, pairs: list[Pair], key: str) -> list[list[float]]:
     flat = sequence_logprobs(reference, interleaved(pairs))
     scores = [flat[i : i + 2] for i in range(0, len(flat), 2)]
-    _cache(run_dir).write_text(json.dumps({"key": key, "scores": scores}))
+    _cache(log_dir).write_text(ReferenceScores(key=key, scores=scores).model_dump_json())
     return scores
 
 
-def preference_accuracy(client: TrainingClient, pairs: list[Pair]) -> float:
-    flat = sequence_logprobs(client, interleaved(pairs))
-    return sum(flat[i] > flat[i + 1] for i in range(0, len(flat), 2)) / len(pairs)
+@dataclass
+class PreferenceAccuracy:
+    """The share of pairs whose chosen answer the policy finds likelier than the rejected one."""
+
+    client: TrainingClient
+    pairs: list[Pair]
+
+    def __call__(self) -> float:
+        flat = sequence_logprobs(self.client, interleaved(self.pairs))
+        return sum(flat[i] > flat[i + 1] for i in range(0, len(flat), 2)) / len(self.pairs)
 
 
 def dpo_loss(beta: float, reference: list[list[float]]) -> CustomLoss:
@@ -145,60 +152,45 @@ def dpo_loss(beta: float, reference: list[list[float]]) -> CustomLoss:
 
 
 def run(config: DPOConfig, *, show_progress: bool = True) -> DPOResult:
-    run_dir = RunDir(config.log_dir)
     key = hashlib.sha256(config.train_data.read_bytes() + config.trainer.base_model.encode()).hexdigest()
-    scores = cached_scores(run_dir, key)
-    managed = provision(config.server, config.trainer, run_dir, reference=config.reference if scores is None else None)
-    policy = managed.training_client
-    tokenizer = AutoTokenizer.from_pretrained(policy.get_info().model_data.tokenizer_id)
+    log_dir = config.run.directory("dpo")
+    scores = cached_scores(log_dir, key)
+    recipe = RecipeRun.start_run(
+        "dpo", config.server, config.trainer, config.run, reference=config.reference if scores is None else None
+    )
+    policy, tokenizer = recipe.policy, recipe.tokenizer
     pairs = [render_pair(tokenizer, row) for row in read_jsonl(config.train_data)]
     held_out = [render_pair(tokenizer, row) for row in read_jsonl(config.eval_data)] if config.eval_data else []
     if scores is None:
-        scores = score_pairs(run_dir, managed.reference, pairs, key)
-        managed.release_reference()  # scored once: the reference's job is no longer needed
-    total = config.steps or math.ceil(len(pairs) / config.batch_size)
-    batch = epoch_batches(list(range(len(pairs))), config.batch_size, config.seed)
+        scores = score_pairs(log_dir, recipe.managed.reference, pairs, key)
+        recipe.managed.release_reference()  # scored once: the reference's job is no longer needed
+    total = config.run.steps or math.ceil(len(pairs) / config.batch_size)
+    batch = epoch_batches(list(range(len(pairs))), config.batch_size, config.run.seed)
+    evaluators = {"preference_accuracy": PreferenceAccuracy(policy, held_out)}
+    if recipe.start == 0 and held_out:
+        recipe.evaluate(0, evaluators)
 
-    start = run_dir.resume(policy)
-    evaluations: list[dict[str, float]] = []
-
-    def evaluate(step: int) -> None:
-        if held_out:
-            record = {"step": step, "preference_accuracy": preference_accuracy(policy, held_out)}
-            evaluations.append(record)
-            run_dir.log({"eval": record})
-
-    if start == 0:
-        evaluate(0)
     first_loss = final_loss = math.nan
-    adam = AdamParams(learning_rate=config.trainer.learning_rate, weight_decay=0.0)
     with progress_bar("dpo", "loss", show=show_progress) as progress:
-        task = progress.add_task("dpo", total=total, completed=start, value=math.nan)
-        for step in range(start, total):
-            began = time.monotonic()
+        task = progress.add_task("dpo", total=total, completed=recipe.start, value=math.nan)
+        for step in range(recipe.start, total):
+            began, done = time.monotonic(), step + 1
             indices = batch(step)
             data = interleaved([pairs[i] for i in indices])
             result = policy.forward_backward_custom(data, dpo_loss(config.beta, [scores[i] for i in indices]))
+            lr = config.run.learning_rate(config.trainer.learning_rate, step, total)
+            adam = AdamParams(learning_rate=lr, weight_decay=0.0)
             grad_norm = policy.optim_step(adam).result().metrics.get("grad_norm")  # the loss is already a mean
             metrics = result.result().metrics
             final_loss = metrics["dpo_loss"]
             first_loss = final_loss if math.isnan(first_loss) else first_loss
-            done = step + 1
             keys = ("dpo_loss", "margin", "accuracy", "chosen_reward", "rejected_reward")
-            run_dir.log(
-                {
-                    "step": done,
-                    **{k: metrics[k] for k in keys},
-                    "grad_norm": grad_norm,
-                    "seconds": time.monotonic() - began,
-                }
-            )
+            seconds = time.monotonic() - began
+            recipe.log.log({"step": done, **{k: metrics[k] for k in keys}, "grad_norm": grad_norm, "seconds": seconds})
             progress.update(task, advance=1, value=final_loss)
-            if (config.eval_every and done % config.eval_every == 0) or done == total:
-                evaluate(done)
-            if config.save_every and done % config.save_every == 0 and done < total:
-                run_dir.save_checkpoint(managed, done)
-    checkpoint = run_dir.save_checkpoint(managed, total)
-    run_dir.close()
-    managed.close(delete_job=not config.keep_job)
-    return DPOResult(managed.job_id, total, first_loss, final_loss, checkpoint, evaluations)
+            if held_out and config.run.evaluates_after(done, total):
+                recipe.evaluate(done, evaluators)
+            if config.run.saves_after(done, total):
+                recipe.save(done)
+    checkpoint = recipe.finish(total)
+    return DPOResult(recipe.managed.job_id, total, first_loss, final_loss, checkpoint, recipe.evaluations)

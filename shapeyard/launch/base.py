@@ -2,8 +2,9 @@
 
 The control plane never runs model code. It asks a launcher whether a placement can exist here at all (`check`),
 whether it fits now (`has_capacity`), and then starts and watches one worker per job or deployment replica. The
-local launcher runs workers as subprocesses of the server; a cluster launcher (torchrun, Kubernetes) implements
-the same methods.
+launcher decides what the worker process gets (its devices, threads, port and token: `WorkerProcess`) and writes
+it, with the control plane's spec, to the file the worker starts from. The local launcher runs workers as
+subprocesses of the server; a cluster launcher (torchrun, Kubernetes, Slurm) implements the same methods.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from shapeyard.shapes.types import AcceleratorSpec
-from shapeyard.shapes.validation import SmokeResult
-from shapeyard.wire.worker import TrainerWorkerSpec, WorkerSpec
+from shapeyard.wire.shapes import AcceleratorSpec, SmokeResult
+from shapeyard.wire.worker import Listener, TrainerWorkerSpec, WorkerSpec
 
 
 @dataclass(frozen=True)
 class Placement:
+    """The devices one worker needs."""
+
     accelerator: AcceleratorSpec
     count: int
     nodes: int
@@ -42,12 +44,6 @@ class WorkerStatus:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    token: str
-
-
 class Launcher(Protocol):
     def check(self, placement: Placement) -> None:
         """Raise FailedPrecondition naming what is missing if this launcher can never run the placement."""
@@ -60,7 +56,8 @@ class Launcher(Protocol):
     def status(self, name: str) -> WorkerStatus | None:
         """None when no worker was started under this name (or it was forgotten)."""
 
-    def endpoint(self, name: str) -> Endpoint | None: ...
+    def listener(self, name: str) -> Listener | None:
+        """Where the worker serves, and its token; None when no worker was started under this name."""
 
     def running(self, prefix: str) -> list[str]:
         """The names of started workers (alive or not yet reaped) that begin with `prefix`."""

@@ -3,7 +3,7 @@
 CPU workers take one of `cpu_slots` slots (each runs torch with `threads` threads; on a small machine one thread
 per worker is much faster than two fighting over the cores). CUDA workers get whole GPUs of the shape's type,
 pinned with CUDA_VISIBLE_DEVICES. Placements that need more than one node, or devices this machine lacks, are
-refused with a message that names what is missing.
+refused with a message that names what is missing. Each worker starts from `<work dir>/worker-launch.json`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 
-from shapeyard.errors import FailedPrecondition
-from shapeyard.launch.base import Endpoint, Placement, WorkerState, WorkerStatus
+from shapeyard.launch.base import Placement, WorkerState, WorkerStatus
 from shapeyard.launch.hardware import LocalHardware, detect
-from shapeyard.shapes.types import DeviceKind
-from shapeyard.shapes.validation import SmokeResult
-from shapeyard.wire.worker import WORKER_TOKEN_HEADER, TrainerWorkerSpec, WorkerSpec
+from shapeyard.wire.errors import FailedPrecondition
+from shapeyard.wire.routes import WORKER_TOKEN_HEADER
+from shapeyard.wire.shapes import DeviceKind, SmokeResult
+from shapeyard.wire.worker import Listener, TrainerWorkerSpec, WorkerLaunch, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("shapeyard.launch")
 LOG_TAIL_LINES = 25
@@ -34,7 +34,7 @@ LOG_TAIL_LINES = 25
 @dataclass
 class _Worker:
     process: subprocess.Popen
-    endpoint: Endpoint
+    listener: Listener
     log_path: Path
     kind: DeviceKind
     health_url: str
@@ -114,21 +114,29 @@ class LocalLauncher:
             "OMP_NUM_THREADS": str(self.threads),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # device numbers as nvidia-smi prints them (see launch.hardware)
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
         }
+
+    def _gpus_for(self, placement: Placement) -> list[int]:
+        return [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
+
+    def _write_launch(self, spec: WorkerSpec, process: WorkerProcess, file_name: str) -> Path:
+        spec.work_dir.mkdir(parents=True, exist_ok=True)
+        path = spec.work_dir / file_name
+        path.write_text(WorkerLaunch(spec=spec, process=process).model_dump_json(indent=2))
+        return path
 
     def smoke(self, spec: TrainerWorkerSpec, placement: Placement, timeout: float = 900.0) -> SmokeResult | str:
         """Run the smoke step in a subprocess on this machine's devices (the placement passed `check`); a string
         says why it cannot run now."""
-        gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
+        gpus = self._gpus_for(placement)
         if len(gpus) < placement.count and placement.accelerator.kind != DeviceKind.CPU:
             return f"the {placement.describe()} it needs are busy"
-        spec = spec.model_copy(update={"threads": self.threads, "device": "cuda" if gpus else "cpu"})
-        spec.work_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = spec.work_dir / "smoke-spec.json"
-        spec_path.write_text(spec.model_dump_json(indent=2))
+        process = WorkerProcess(device="cuda" if gpus else "cpu", threads=self.threads)
+        path = self._write_launch(spec, process, "smoke-launch.json")
         done = subprocess.run(
-            [sys.executable, "-m", "shapeyard.trainer.smoke", "--spec", str(spec_path)],
+            [sys.executable, "-m", "shapeyard.trainer.smoke", "--launch", str(path)],
             capture_output=True,
             text=True,
             env=self._environment(gpus),
@@ -138,7 +146,7 @@ class LocalLauncher:
         if done.returncode != 0 or not lines:
             tail = "\n".join(done.stderr.strip().splitlines()[-LOG_TAIL_LINES:])
             return SmokeResult(
-                device=spec.device,
+                device=process.device,
                 peak_memory_gib=0.0,
                 step_seconds=0.0,
                 tokens=spec.max_context_length,
@@ -149,32 +157,22 @@ class LocalLauncher:
 
     def start(self, name: str, spec: WorkerSpec, placement: Placement) -> None:
         with self._lock:
-            gpus = [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
-            spec = spec.model_copy(
-                update={
-                    "port": free_port(),
-                    "token": secrets.token_hex(16),
-                    "threads": self.threads,
-                    "device": "cpu" if not gpus else "cuda",
-                }
-            )
-            spec.work_dir.mkdir(parents=True, exist_ok=True)
-            spec_path = spec.work_dir / "worker-spec.json"
-            spec_path.write_text(spec.model_dump_json(indent=2))
+            gpus = self._gpus_for(placement)
+            listener = Listener(port=free_port(), token=secrets.token_hex(16))
+            process = WorkerProcess(device="cuda" if gpus else "cpu", threads=self.threads, listener=listener)
+            path = self._write_launch(spec, process, "worker-launch.json")
             log_path = spec.work_dir / "worker.log"
-            env = self._environment(gpus)
             with log_path.open("a") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", spec.module, "--spec", str(spec_path)],
+                child = subprocess.Popen(
+                    [sys.executable, "-m", spec.module, "--launch", str(path)],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=self._environment(gpus),
                     cwd=spec.work_dir,
                 )
-            endpoint = Endpoint(f"http://{spec.host}:{spec.port}", spec.token)
-            health = f"{endpoint.url}{spec.health_path}"
-            self._workers[name] = _Worker(process, endpoint, log_path, placement.accelerator.kind, health, gpus)
-        log.info("started worker for %s (pid %d, %s)", name, process.pid, endpoint.url)
+            health = f"{listener.url}{spec.health_path}"
+            self._workers[name] = _Worker(child, listener, log_path, placement.accelerator.kind, health, gpus)
+        log.info("started worker for %s (pid %d, %s)", name, child.pid, listener.url)
 
     def status(self, name: str) -> WorkerStatus | None:
         worker = self._workers.get(name)
@@ -185,7 +183,7 @@ class LocalLauncher:
             return WorkerStatus(WorkerState.EXITED, f"worker exited with code {code}:\n{log_tail(worker.log_path)}")
         if not worker.ready:
             try:
-                response = self._http.get(worker.health_url, headers={WORKER_TOKEN_HEADER: worker.endpoint.token})
+                response = self._http.get(worker.health_url, headers={WORKER_TOKEN_HEADER: worker.listener.token})
                 worker.ready = response.status_code == 200
             except httpx.HTTPError:
                 pass
@@ -195,9 +193,9 @@ class LocalLauncher:
         with self._lock:
             return [name for name in self._workers if name.startswith(prefix)]
 
-    def endpoint(self, name: str) -> Endpoint | None:
+    def listener(self, name: str) -> Listener | None:
         worker = self._workers.get(name)
-        return worker.endpoint if worker else None
+        return worker.listener if worker else None
 
     def stop(self, name: str) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from shapeyard.cookbook.renderers import render_chat
+from shapeyard.models.chat import render_chat
 
 
 def _digits(rng: random.Random, low: int = 2, high: int = 6) -> str:

@@ -1,6 +1,6 @@
-"""Continuous batching, simply: requests that arrive while the engine is busy run together in its next batch.
+"""Continuous batching, simply: requests that arrive while the backend is busy run together in its next batch.
 
-HTTP handlers `await submit(...)`; one thread takes everything queued, runs one batched `engine.sample`, and
+HTTP handlers `await submit(...)`; one thread takes everything queued, runs one batched `backend.sample`, and
 resolves the waiting futures. The fireworks sampler sends `n` samples as `n` concurrent requests, so this is what
 turns them into one batched decode. Requests relayed one after another arrive some milliseconds apart, so the
 thread keeps gathering until none has arrived for `GATHER_SECONDS`. Measured with 8 concurrent requests on a busy
@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from shapeyard.serving.engine import Completion, Request, SamplingEngine, validate
+from shapeyard.models.sampling import Generation, GenerationRequest, SamplingBackend, validate
 
 log = logging.getLogger("shapeyard.serving")
 MAX_BATCH = 64
@@ -26,21 +26,21 @@ GATHER_SECONDS = 0.02
 
 @dataclass
 class _Pending:
-    request: Request
-    future: asyncio.Future[Completion]
+    request: GenerationRequest
+    future: asyncio.Future[Generation]
     loop: asyncio.AbstractEventLoop
 
 
 class Batcher:
-    def __init__(self, engine: SamplingEngine) -> None:
-        self.engine = engine
+    def __init__(self, backend: SamplingBackend) -> None:
+        self.backend = backend
         self._queue: queue.Queue[_Pending] = queue.Queue()
         threading.Thread(target=self._loop, name="sampling-batcher", daemon=True).start()
 
-    async def submit(self, requests: list[Request]) -> list[Completion]:
+    async def submit(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Bad requests are refused here, before they could fail a batch they share with others."""
         for index, request in enumerate(requests):
-            validate(request, index, self.engine.vocab_size, self.engine.max_context_length)
+            validate(request, index, self.backend.vocab_size, self.backend.max_context_length)
         loop = asyncio.get_running_loop()
         pending = [_Pending(request, loop.create_future(), loop) for request in requests]
         for item in pending:
@@ -57,7 +57,7 @@ class Batcher:
                     break
             began = time.perf_counter()
             try:
-                results = self.engine.sample([item.request for item in batch])
+                results = self.backend.sample([item.request for item in batch])
             except Exception as exc:
                 log.exception("a batch of %d failed", len(batch))
                 for item in batch:
@@ -69,7 +69,7 @@ class Batcher:
                 _resolve(item, result)
 
 
-def _resolve(item: _Pending, outcome: Completion | BaseException) -> None:
+def _resolve(item: _Pending, outcome: Generation | BaseException) -> None:
     def settle() -> None:
         if item.future.done():
             return

@@ -1,6 +1,6 @@
 """The deployment worker process: one replica of a deployment, serving completions and hot-loading snapshots.
 
-    python -m shapeyard.serving.worker --spec <file>
+    python -m shapeyard.serving.worker --launch <file>
 
 Routes (reached only through the control plane, which adds the worker token):
   POST /inference/v1/completions, /v1/completions     token-id or text prompts; JSON or server-sent events
@@ -13,29 +13,28 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response, StreamingResponse
 
-from shapeyard.control.app import install_error_handlers
-from shapeyard.errors import FailedPrecondition, HotLoadInProgress
-from shapeyard.launch.child import start_worker
-from shapeyard.launch.gateway_token import gateway_only
 from shapeyard.models.loading import weights_path
+from shapeyard.models.sampling import DecodingParams, GenerationRequest, SamplingBackend, SnapshotError
+from shapeyard.models.transformers_sampler import TransformersSampler
+from shapeyard.runtime.http import gateway_only, install_error_handlers, json_response
+from shapeyard.runtime.process import start_worker
 from shapeyard.serving import responses
 from shapeyard.serving.batcher import Batcher
-from shapeyard.serving.engine import Request as SampleRequest
-from shapeyard.serving.engine import SamplingEngine, SamplingParams, SnapshotError
+from shapeyard.wire import routes
+from shapeyard.wire.errors import FailedPrecondition, HotLoadInProgress
 from shapeyard.wire.inference import (
     ChatCompletionRequest,
     CompletionRequest,
+    LoadedAdapter,
     LoadingState,
+    ReplicaHotLoad,
     ReplicaHotLoadStatus,
-    SamplingFields,
-    WorkerHotLoad,
 )
 from shapeyard.wire.worker import DeploymentWorkerSpec
 
@@ -45,8 +44,8 @@ log = logging.getLogger("shapeyard.serving")
 class HotLoader:
     """Loads snapshots off the request path; while one loads, completions answer 425 and the old weights stay."""
 
-    def __init__(self, engine: SamplingEngine, replica: int) -> None:
-        self.engine, self.replica = engine, replica
+    def __init__(self, backend: SamplingBackend, replica: int) -> None:
+        self.backend, self.replica = backend, replica
         self.state = LoadingState()
         self._lock = threading.Lock()
 
@@ -65,40 +64,28 @@ class HotLoader:
 
     def load(self, identity: str, path: Path) -> None:
         try:
-            self.engine.load_snapshot(path, identity)
+            self.backend.load_snapshot(path, identity)
         except SnapshotError as exc:
-            log.warning("hot-load of %s failed, still serving %s: %s", identity, self.engine.identity, exc)
+            log.warning("hot-load of %s failed, still serving %s: %s", identity, self.backend.identity, exc)
             self.state = LoadingState(stage="error", target_snapshot_identity=identity, error=str(exc))
             return
         log.info("now serving %s", identity)
         self.state = LoadingState(stage="done", target_snapshot_identity=identity)
 
     def status(self) -> ReplicaHotLoadStatus:
-        identity = self.engine.identity
+        identity = self.backend.identity
         return ReplicaHotLoadStatus(
             replica=self.replica,
             current_snapshot_identity=identity,
             readiness=not self.loading,
             loading_state=self.state,
-            loaded_adapters=[{"identity": identity, "status": "loaded"}] if identity else [],
+            loaded_adapters=[LoadedAdapter(identity=identity)] if identity else [],
         )
 
 
-def _params(body: SamplingFields, max_tokens: int, extra_stop_ids: list[int]) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=max(body.top_k, 0),
-        seed=body.seed,
-        stop_token_ids=[*(body.stop_token_ids or []), *extra_stop_ids],
-        stop=body.stop_strings(),
-    )
-
-
-def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader: HotLoader) -> FastAPI:
-    batcher = Batcher(engine)
-    tokenizer = engine.tokenizer
+def create_worker_app(spec: DeploymentWorkerSpec, token: str, backend: SamplingBackend, loader: HotLoader) -> FastAPI:
+    batcher = Batcher(backend)
+    tokenizer = backend.tokenizer
 
     def serving() -> None:
         if loader.loading:
@@ -112,49 +99,49 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
         items = raw if isinstance(raw, list) and raw and isinstance(raw[0], (str, list)) else [raw]
         return [tokenizer.encode(item, add_special_tokens=False) if isinstance(item, str) else item for item in items]
 
-    api = APIRouter(dependencies=[Depends(gateway_only(spec.token))])
+    api = APIRouter(dependencies=[Depends(gateway_only(token))])
 
-    @api.get("/healthz")
+    @api.get(routes.HEALTH)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    async def complete(body: CompletionRequest) -> Response | dict[str, Any]:
+    async def complete(body: CompletionRequest) -> Response:
         serving()
-        params = _params(body, body.max_tokens, [])
+        params = DecodingParams.of(body, body.max_tokens)
         requests = [
-            SampleRequest(prompt, params.for_sample(i), prompt_logprobs=body.echo)
+            GenerationRequest(prompt, params.for_sample(i), prompt_logprobs=body.echo)
             for prompt in prompts(body)
             for i in range(body.n)
         ]
         results = await batcher.submit(requests)
-        logprobs = body.logprobs is not None and body.logprobs is not False
         if body.stream:
-            chunks = responses.completion_chunks(body.model, results, tokenizer, body.echo, logprobs)
+            chunks = responses.completion_chunks(body.model, results, tokenizer, body.echo, body.wants_logprobs())
             return StreamingResponse(responses.sse(chunks), media_type="text/event-stream")
-        return responses.completion(body.model, results, tokenizer, body.echo, logprobs)
+        return json_response(responses.completion(body.model, results, tokenizer, body.echo, body.wants_logprobs()))
 
-    api.add_api_route("/inference/v1/completions", complete, methods=["POST"], response_model=None)
-    api.add_api_route("/v1/completions", complete, methods=["POST"], response_model=None)
+    for path in (routes.COMPLETIONS, routes.OPENAI_COMPLETIONS):
+        api.add_api_route(path, complete, methods=["POST"], response_model=None)
 
-    @api.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest) -> Response | dict[str, Any]:
+    @api.post(routes.CHAT_COMPLETIONS, response_model=None)
+    async def chat(body: ChatCompletionRequest) -> Response:
         serving()
         messages = [message.model_dump() for message in body.messages]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        params = _params(body, max_tokens, [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-        results = await batcher.submit([SampleRequest(list(prompt), params.for_sample(i)) for i in range(body.n)])
+        end_of_turn = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        params = DecodingParams.of(body, max_tokens, end_of_turn)
+        results = await batcher.submit([GenerationRequest(list(prompt), params.for_sample(i)) for i in range(body.n)])
         if body.stream:
             chunks = responses.chat_chunks(body.model, results, tokenizer, body.logprobs)
             return StreamingResponse(responses.sse(chunks), media_type="text/event-stream")
-        return responses.chat_completion(body.model, results, tokenizer, body.logprobs)
+        return json_response(responses.chat_completion(body.model, results, tokenizer, body.logprobs))
 
-    @api.post("/hot_load")
-    def hot_load(body: WorkerHotLoad) -> ReplicaHotLoadStatus:
+    @api.post(routes.REPLICA_HOT_LOAD)
+    def hot_load(body: ReplicaHotLoad) -> ReplicaHotLoadStatus:
         loader.start(body.identity, Path(body.path))
         return loader.status()
 
-    @api.get("/hot_load")
+    @api.get(routes.REPLICA_HOT_LOAD)
     async def hot_load_status() -> ReplicaHotLoadStatus:
         return loader.status()
 
@@ -165,15 +152,18 @@ def create_worker_app(spec: DeploymentWorkerSpec, engine: SamplingEngine, loader
 
 
 def main() -> None:
-    spec = start_worker(DeploymentWorkerSpec, __doc__)
-    torch.set_num_threads(spec.threads)
-    log.info("loading %s on %s for %s replica %d", spec.base_model, spec.device, spec.deployment_name, spec.replica)
-    engine = SamplingEngine(weights_path(spec.weights), spec.device, spec.max_context_length)
-    loader = HotLoader(engine, spec.replica)
+    launch = start_worker(DeploymentWorkerSpec, __doc__)
+    spec, process = launch.spec, launch.process
+    assert process.listener is not None, "a deployment worker serves HTTP"
+    torch.set_num_threads(process.threads)
+    log.info("loading %s on %s for %s replica %d", spec.base_model, process.device, spec.deployment_name, spec.replica)
+    backend = TransformersSampler(weights_path(spec.weights), process.device, spec.max_context_length)
+    loader = HotLoader(backend, spec.replica)
     if spec.snapshot is not None:
         loader.state = LoadingState(stage="loading", target_snapshot_identity=spec.snapshot.identity)
         loader.load(spec.snapshot.identity, spec.snapshot.path)
-    uvicorn.run(create_worker_app(spec, engine, loader), host=spec.host, port=spec.port, log_level="warning")
+    app = create_worker_app(spec, process.listener.token, backend, loader)
+    uvicorn.run(app, host=process.listener.host, port=process.listener.port, log_level="warning")
 
 
 if __name__ == "__main__":

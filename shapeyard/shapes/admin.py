@@ -8,12 +8,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from shapeyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, validation_message
-from shapeyard.shapes.types import AcceleratorSpec, ModelSpec, TrainingShapeSnapshot
-from shapeyard.shapes.validation import SmokeResult, ValidationReport, validate_training_shape
+from shapeyard.shapes.validation import validate_training_shape
 from shapeyard.store import catalog as store
 from shapeyard.store.tables import DeploymentShapeVersion, TrainingShapeVersion
 from shapeyard.wire import names
+from shapeyard.wire.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, validation_message
+from shapeyard.wire.shapes import AcceleratorSpec, ModelSpec, SmokeResult, TrainingShapeSnapshot, ValidationReport
 
 # Runs a real step on real hardware for a shape that passed the memory plan; a string says why it could not run.
 SmokeRunner = Callable[[TrainingShapeSnapshot, ModelSpec], SmokeResult | str]
@@ -88,7 +88,7 @@ def create_shape(
     *,
     public: bool,
 ) -> TrainingShapeVersion:
-    names.parse(shape, "trainingShapes", versioned=False, field="training shape")
+    names.parse(shape, names.TRAINING_SHAPES, versioned=False, field="training shape")
     if store.training_shape_exists(session, shape):
         raise AlreadyExists(f"training shape {shape} already exists; update it to add a version")
     fields = dict(fields)
@@ -108,10 +108,11 @@ def update_shape(
     latest = store.latest_version(session, TrainingShapeVersion, shape, validated_only=False)
     if latest is None:
         raise NotFound(f"training shape {shape} does not exist")
+    current = store.training_snapshot(latest).to_json_dict()
     for field in IDENTITY_FIELDS:
-        if field in changes and changes[field] != latest.snapshot.get(field):
+        if field in changes and changes[field] != current.get(field):
             raise InvalidArgument(f"{field} of {shape} cannot change; create a new training shape instead")
-    fields = {**latest.snapshot, **changes}
+    fields = {**current, **changes}
     if "deploymentShapeVersion" in changes:
         _link_deployment_shape(session, fields)
     snapshot = _snapshot(fields)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shapeyard.errors import InvalidArgument
+from shapeyard.wire.errors import InvalidArgument
 
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*$")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
-
-from shapeyard.shapes.types import (
+from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeviceKind,
+    MemoryPlan,
     ModelSpec,
     OptimizerPrecision,
+    ServingPlan,
     TrainerMode,
     TrainingShapeSnapshot,
     WeightPrecision,
 )
-from shapeyard.wire.base import CamelModel
 
 GIB = 1024**3
 HEADROOM_FRACTION = 0.08
@@ -49,36 +48,6 @@ _WEIGHT_BYTES = {
     WeightPrecision.INT8: 1.0,
     WeightPrecision.NF4: 0.5625,  # 4-bit values plus block scales
 }
-
-
-class MemoryPlan(CamelModel):
-    """Per-device memory, in GiB, of one trainer replica at its largest step."""
-
-    trainer_mode: TrainerMode
-    accelerator_type: str
-    world_size: int
-    tokens_per_device: int
-    trainable_parameters: int
-    weights_gib: float
-    gradients_gib: float
-    optimizer_state_gib: float
-    gathered_layers_gib: float
-    activations_gib: float
-    loss_gib: float
-    runtime_overhead_gib: float
-    total_gib: float
-    device_memory_gib: float
-    usable_memory_gib: float
-    fits: bool
-    problems: list[str] = Field(default_factory=list)
-
-    def summary(self) -> str:
-        verdict = "fits" if self.fits else "does not fit"
-        text = (
-            f"{verdict}: {self.total_gib:.1f} GiB per device of {self.usable_memory_gib:.1f} GiB usable "
-            f"on {self.accelerator_type} ({self.world_size} devices)"
-        )
-        return "; ".join([text, *self.problems])
 
 
 def _round(value: float) -> float:
@@ -206,25 +175,6 @@ def plan_memory(model: ModelSpec, shape: TrainingShapeSnapshot, accelerator: Acc
 
 
 SERVING_WEIGHT_FRACTION = 0.75
-
-
-class ServingPlan(CamelModel):
-    """Per-device memory of one deployment replica: weights must leave a quarter of the device to the KV cache."""
-
-    accelerator_type: str
-    accelerator_count: int
-    weights_gib: float
-    runtime_overhead_gib: float
-    kv_cache_budget_gib: float
-    device_memory_gib: float
-    fits: bool
-
-    def summary(self) -> str:
-        verdict = "fits" if self.fits else "does not fit"
-        return (
-            f"{verdict}: {self.weights_gib:.1f} GiB of weights per device, {self.kv_cache_budget_gib:.1f} GiB "
-            f"left for the KV cache on {self.accelerator_type} x{self.accelerator_count}"
-        )
 
 
 def plan_serving(model: ModelSpec, precision: WeightPrecision, accelerator: AcceleratorSpec, count: int) -> ServingPlan:

@@ -10,24 +10,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shapeyard.catalog.loader import PUBLIC_ACCOUNT
-from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound
-from shapeyard.shapes.types import (
-    AcceleratorSpec,
-    DeploymentShapeSnapshot,
-    TrainerMode,
-    TrainingShapeSnapshot,
-)
 from shapeyard.store import catalog as store
 from shapeyard.store.accounts import Caller
+from shapeyard.store.catalog import VersionRow
 from shapeyard.store.tables import TrainerJob, TrainingShapeVersion
 from shapeyard.wire import names
 from shapeyard.wire.control import CreateDeploymentRequest, CreateTrainerJobRequest
+from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
+from shapeyard.wire.shapes import AcceleratorSpec, DeploymentShapeSnapshot, TrainerMode, TrainingShapeSnapshot
 
 LATEST = "latest"
 DISPLAY_NAME_LIMIT = 64
@@ -41,7 +37,7 @@ class ResolvedShape:
 
     @property
     def shape(self) -> str:
-        return self.version.split("/versions/")[0]
+        return names.unversioned(self.version)
 
 
 @dataclass(frozen=True)
@@ -61,12 +57,23 @@ class JobPlan:
 
 
 def can_see(caller: Caller, name: str, public: bool) -> bool:
-    return public or caller.is_admin or name.startswith(f"accounts/{caller.account}/")
+    return public or caller.is_admin or names.in_account(name, caller.account)
 
 
 def model_visible(caller: Caller, name: str) -> bool:
     """Models of the public catalog account are visible to every key."""
-    return can_see(caller, name, public=name.startswith(f"accounts/{PUBLIC_ACCOUNT}/"))
+    return can_see(caller, name, public=names.in_account(name, names.PUBLIC_ACCOUNT))
+
+
+def visible_versions(
+    rows: Iterable[VersionRow], caller: Caller, account: str | None
+) -> tuple[list[VersionRow], dict[str, int]]:
+    """The versions the caller may see (of `account` only, unless None), and each shape's latest validated ordinal
+    among them."""
+    visible = [row for row in rows if can_see(caller, row.name, row.public)]
+    if account is not None:
+        visible = [row for row in visible if names.in_account(row.name, account)]
+    return visible, store.latest_validated_ordinals(visible)
 
 
 def _describe(row: TrainingShapeVersion) -> str:
@@ -125,7 +132,7 @@ def auto_select(
         if latest.get(row.shape) == row.ordinal
         and row.trainer_mode in modes
         and row.max_context_length >= min_context
-        and (not image_tag or row.snapshot.get("trainerImageTag") == image_tag)
+        and (not image_tag or store.training_snapshot(row).trainer_image_tag == image_tag)
     ]
     if not candidates:
         raise FailedPrecondition(
@@ -335,7 +342,7 @@ def linked_deployment_shape(session: Session, job: TrainerJob) -> str | None:
     if not job.training_shape_version:
         return None
     row = session.get(TrainingShapeVersion, job.training_shape_version)
-    return row.snapshot["deploymentShapeVersion"] if row else None
+    return store.training_snapshot(row).deployment_shape_version if row else None
 
 
 def hot_load_job(session: Session, caller: Caller, ref: str, base_model: str) -> TrainerJob:

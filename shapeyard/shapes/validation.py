@@ -6,39 +6,14 @@ sharding is consistent) plus the memory plan. The trainer adds a real smoke step
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from pydantic import Field
-
-from shapeyard.shapes.memory import MemoryPlan, ServingPlan, plan_memory, plan_serving
-from shapeyard.shapes.types import (
+from shapeyard.shapes.memory import plan_memory, plan_serving
+from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeploymentShapeSnapshot,
     ModelSpec,
     TrainingShapeSnapshot,
+    ValidationReport,
 )
-from shapeyard.wire.base import CamelModel
-
-
-class SmokeResult(CamelModel):
-    """A real step on real hardware: load, one forward_backward at full context, one optim_step."""
-
-    device: str
-    peak_memory_gib: float
-    step_seconds: float
-    tokens: int
-    passed: bool
-    detail: str = ""
-
-
-class ValidationReport(CamelModel):
-    passed: bool
-    summary: str
-    problems: list[str] = Field(default_factory=list)
-    memory_plan: MemoryPlan | None = None
-    serving_plan: ServingPlan | None = None
-    smoke: SmokeResult | None = None
-    validate_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 def _missing(

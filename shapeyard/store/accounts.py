@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shapeyard.errors import AlreadyExists, InvalidArgument, NotFound
 from shapeyard.store.tables import Account, ApiKey
+from shapeyard.wire.errors import AlreadyExists, InvalidArgument, NotFound
 from shapeyard.wire.names import check_id
 
 # The tinker client refuses keys without this prefix; the fireworks-ai client treats such keys as foreign.

@@ -7,15 +7,15 @@ stored: it is the validated version with the highest ordinal of its shape, compu
 
 from __future__ import annotations
 
+import hashlib
+import json
+from base64 import b32encode
 from collections.abc import Iterable
 from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shapeyard.errors import AlreadyExists
-from shapeyard.shapes.types import DeploymentShapeSnapshot, ModelSpec, TrainingShapeSnapshot, new_version_id
-from shapeyard.shapes.validation import ValidationReport
 from shapeyard.store.tables import (
     DeploymentShape,
     DeploymentShapeVersion,
@@ -25,6 +25,8 @@ from shapeyard.store.tables import (
     utcnow,
 )
 from shapeyard.wire import names
+from shapeyard.wire.base import CamelModel
+from shapeyard.wire.shapes import DeploymentShapeSnapshot, ModelSpec, TrainingShapeSnapshot, ValidationReport
 
 VersionRow = TypeVar("VersionRow", TrainingShapeVersion, DeploymentShapeVersion)
 
@@ -81,32 +83,32 @@ def training_shape_exists(session: Session, shape: str) -> bool:
     return session.get(TrainingShape, shape) is not None
 
 
-def deployment_shape_exists(session: Session, shape: str) -> bool:
-    return session.get(DeploymentShape, shape) is not None
-
-
 def _next_ordinal(session: Session, table: type[VersionRow], shape: str) -> int:
     return (session.scalar(select(func.max(table.ordinal)).where(table.shape == shape)) or 0) + 1
 
 
-def create_training_shape(session: Session, shape: str) -> TrainingShape:
-    if training_shape_exists(session, shape):
-        raise AlreadyExists(f"training shape {shape} already exists")
-    row = TrainingShape(name=shape, account=names.training_shape(shape).account)
-    session.add(row)
-    session.flush()
-    return row
+def new_version_id(shape_name: str, ordinal: int, snapshot: CamelModel) -> str:
+    """Eight lowercase characters derived from the shape, its version number and the content.
+
+    Deterministic, so loading the same catalog into two fresh databases yields the same version names.
+    """
+    payload = json.dumps([shape_name, ordinal, snapshot.to_json_dict()], sort_keys=True)
+    return b32encode(hashlib.sha256(payload.encode()).digest()).decode().lower()[:8]
 
 
 def add_training_version(
     session: Session, shape: str, snapshot: TrainingShapeSnapshot, *, public: bool
 ) -> TrainingShapeVersion:
     """Append a version (creating the shape on first use)."""
-    parent = session.get(TrainingShape, shape) or create_training_shape(session, shape)
+    parent = session.get(TrainingShape, shape)
+    if parent is None:
+        parent = TrainingShape(name=shape, account=names.training_shape(shape).account)
+        session.add(parent)
+        session.flush()
     parent.update_time = utcnow()
     ordinal = _next_ordinal(session, TrainingShapeVersion, shape)
     row = TrainingShapeVersion(
-        name=f"{shape}/versions/{new_version_id(shape, ordinal, snapshot)}",
+        name=f"{shape}{names.VERSIONS}{new_version_id(shape, ordinal, snapshot)}",
         shape=shape,
         ordinal=ordinal,
         snapshot=snapshot.to_json_dict(),
@@ -130,7 +132,7 @@ def add_deployment_version(
         session.flush()
     ordinal = _next_ordinal(session, DeploymentShapeVersion, shape)
     row = DeploymentShapeVersion(
-        name=f"{shape}/versions/{new_version_id(shape, ordinal, snapshot)}",
+        name=f"{shape}{names.VERSIONS}{new_version_id(shape, ordinal, snapshot)}",
         shape=shape,
         ordinal=ordinal,
         snapshot=snapshot.to_json_dict(),
@@ -153,3 +155,7 @@ def training_snapshot(row: TrainingShapeVersion) -> TrainingShapeSnapshot:
 
 def deployment_snapshot(row: DeploymentShapeVersion) -> DeploymentShapeSnapshot:
     return DeploymentShapeSnapshot.model_validate(row.snapshot)
+
+
+def validation_report(row: TrainingShapeVersion | DeploymentShapeVersion) -> ValidationReport | None:
+    return ValidationReport.model_validate(row.validation_report) if row.validation_report else None

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shapeyard.wire.control import CreateDeploymentRequest, CreateTrainerJobRequest
+
 NAME = String(255)
 
 
@@ -127,9 +129,12 @@ class TrainerJob(Base):
     accelerator_count: Mapped[int] = mapped_column(Integer)
     node_count: Mapped[int] = mapped_column(Integer, default=1)
     image_tag: Mapped[str] = mapped_column(String(64), default="")
-    request: Mapped[dict[str, Any]]
+    request: Mapped[dict[str, Any]]  # the CreateTrainerJobRequest it was created with
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def creation_request(self) -> CreateTrainerJobRequest:
+        return CreateTrainerJobRequest.model_validate(self.request)
 
 
 class Deployment(Base):
@@ -150,6 +155,9 @@ class Deployment(Base):
     # the sampler snapshot every replica serves (None: the base model); a replica that starts loads it first
     snapshot_identity: Mapped[str | None] = mapped_column(NAME, nullable=True)
     snapshot_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    request: Mapped[dict[str, Any]]
+    request: Mapped[dict[str, Any]]  # the CreateDeploymentRequest, with the updates it received since
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def creation_request(self) -> CreateDeploymentRequest:
+        return CreateDeploymentRequest.model_validate(self.request)

@@ -2,9 +2,10 @@
 
     python -m shapeyard.trainer.compute --fd <socket>
 
-Started by the worker's HTTP process (`shapeyard.trainer.worker`), which sends it the worker's spec and then
+Started by the worker's HTTP process (`shapeyard.trainer.worker`), which sends it the worker's launch and then
 calls, in order, over the socket (see `shapeyard.trainer.ipc`). It has one thread that matters, so the training
-step has the GIL to itself.
+step has the GIL to itself. Here the wire meets the backend: requests are validated and converted into the
+backend's types (`shapeyard.trainer.backend`), and results back, and checkpoint names become directories.
 """
 
 from __future__ import annotations
@@ -17,46 +18,98 @@ from multiprocessing.connection import Connection
 import torch
 from pydantic import BaseModel, ValidationError
 
-from shapeyard.errors import InvalidArgument, NotFound, ShapeyardError, validation_message
-from shapeyard.launch.child import setup_process
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
-from shapeyard.trainer.backend import BackendConfig, ModelKind, TrainerBackend
+from shapeyard.models.transformers_sampler import TransformersSampler
+from shapeyard.runtime.process import setup_process
+from shapeyard.store.layout import JobFiles
+from shapeyard.trainer.backend import (
+    AdamStep,
+    AdapterSpec,
+    BackendConfig,
+    Example,
+    ForwardResult,
+    ModelKind,
+    TrainerBackend,
+)
 from shapeyard.trainer.ipc import READY, Call, Reply
 from shapeyard.trainer.sampling import SamplingSessions
+from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.wire import names
+from shapeyard.wire.errors import InvalidArgument, NotFound, ShapeyardError, validation_message
 from shapeyard.wire.trainer import (
+    REQUESTS,
+    AdamParams,
     CreateModelRequest,
     CreateModelResponse,
-    CreateSamplingSessionRequest,
     CreateSamplingSessionResponse,
-    ForwardBackwardRequest,
-    ForwardRequest,
+    Datum,
+    ForwardBackwardOutput,
     GetInfoResponse,
     ListCheckpointsResponse,
-    LoadWeightsRequest,
+    LoraConfig,
     ModelData,
-    ModelRequest,
-    OptimStepRequest,
+    Op,
     OptimStepResponse,
     PathResponse,
-    SampleRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponse,
-    SaveWeightsRequest,
+    TensorData,
     UnloadModelResponse,
 )
-from shapeyard.wire.worker import TrainerWorkerSpec
+from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
 
 log = logging.getLogger("shapeyard.trainer")
+
+
+# --- wire -> backend -> wire -----------------------------------------------------------------------------
+
+
+def examples(data: list[Datum]) -> list[Example]:
+    return [
+        Example(datum.model_input.to_ints(), {key: tensor.to_list() for key, tensor in datum.loss_fn_inputs.items()})
+        for datum in data
+    ]
+
+
+def adapter(lora: LoraConfig | None) -> AdapterSpec | None:
+    if lora is None:
+        return None
+    return AdapterSpec(
+        rank=lora.rank,
+        alpha=32.0 if lora.alpha is None else lora.alpha,
+        seed=lora.seed,
+        train_attn=lora.train_attn,
+        train_mlp=lora.train_mlp,
+        train_unembed=lora.train_unembed,
+    )
+
+
+def adam_step(params: AdamParams) -> AdamStep:
+    return AdamStep(
+        learning_rate=params.learning_rate,
+        beta1=params.beta1,
+        beta2=params.beta2,
+        eps=params.eps,
+        weight_decay=params.weight_decay,
+        grad_clip_norm=params.grad_clip_norm,
+    )
+
+
+def forward_output(result: ForwardResult) -> ForwardBackwardOutput:
+    outputs = [{"logprobs": TensorData.from_list(logprobs, "float32")} for logprobs in result.logprobs]
+    return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=result.metrics)
+
+
+# --- the service -----------------------------------------------------------------------------------------
 
 
 class TrainerService:
     """The protocol's operations on the backend (the math) and the tinker client's sampling sessions."""
 
-    def __init__(self, spec: TrainerWorkerSpec, backend: TrainerBackend) -> None:
-        self.spec, self.backend = spec, backend
-        self.sampling = SamplingSessions(
-            spec.base_model, backend.config.model_path, spec.device, spec.max_context_length, backend.checkpoints
-        )
+    def __init__(
+        self, spec: TrainerWorkerSpec, backend: TrainerBackend, files: JobFiles, sampling: SamplingSessions
+    ) -> None:
+        self.spec, self.backend, self.files, self.sampling = spec, backend, files, sampling
         self._resume_pending = spec.resume_from is not None
 
     def reply(self, request_id: str, call: Call) -> Reply:
@@ -71,108 +124,109 @@ class TrainerService:
             return Reply(request_id, fault=f"{type(exc).__name__}: {exc}")
 
     def run(self, call: Call) -> BaseModel:
-        body, backend = call.body, self.backend
+        request, backend = REQUESTS[call.op].model_validate(call.body), self.backend
         match call.op:
-            case "create_model":
-                return self.create_model(CreateModelRequest.model_validate(body))
-            case "get_info":
-                return self.info(ModelRequest.model_validate(body).model_id)
-            case "unload_model":
-                model_id = ModelRequest.model_validate(body).model_id
-                backend.unload(model_id)
-                return UnloadModelResponse(model_id=model_id)
-            case "forward":
-                request = ForwardRequest.model_validate(body)
-                data = request.forward_input
-                return backend.forward(request.model_id, data.data, data.loss_fn, data.loss_fn_config, backward=False)
-            case "forward_backward":
-                request = ForwardBackwardRequest.model_validate(body)
-                data = request.forward_backward_input
-                return backend.forward(request.model_id, data.data, data.loss_fn, data.loss_fn_config, backward=True)
-            case "optim_step":
-                request = OptimStepRequest.model_validate(body)
+            case Op.CREATE_MODEL:
+                return self.create_model(request)
+            case Op.GET_INFO:
+                return self.info(request.model_id)
+            case Op.UNLOAD_MODEL:
+                backend.unload(request.model_id)
+                return UnloadModelResponse(model_id=request.model_id)
+            case Op.FORWARD | Op.FORWARD_BACKWARD:
+                batch = request.forward_input if call.op == Op.FORWARD else request.forward_backward_input
+                result = backend.forward(
+                    request.model_id,
+                    examples(batch.data),
+                    batch.loss_fn,
+                    batch.loss_fn_config,
+                    backward=call.op == Op.FORWARD_BACKWARD,
+                )
+                return forward_output(result)
+            case Op.OPTIM_STEP:
+                normalization = request.grad_accumulation_normalization
                 metrics = backend.optim_step(
-                    request.model_id, request.adam_params, request.grad_accumulation_normalization
+                    request.model_id, adam_step(request.adam_params), normalization and normalization.value
                 )
                 return OptimStepResponse(metrics=metrics)
-            case "save_weights":
-                request = SaveWeightsRequest.model_validate(body)
-                name = backend.save_state(request.model_id, backend.checkpoints.new_name(request.path, "state"))
-                return PathResponse(path=self.reference(name, "weights", call.tinker))
-            case "load_weights":
-                request = LoadWeightsRequest.model_validate(body)
-                backend.load_state(request.model_id, backend.checkpoints.resolve(request.path), request.optimizer)
+            case Op.SAVE_WEIGHTS:
+                name = self.files.new_name(request.path, "state")
+                backend.save_state(request.model_id, self.files.training_dir(name))
+                return PathResponse(path=self.reference(name, names.WEIGHTS, call.tinker))
+            case Op.LOAD_WEIGHTS:
+                backend.load_state(request.model_id, self.files.resolve(request.path), request.optimizer)
                 return PathResponse(path=request.path)
-            case "save_weights_for_sampler":
-                return self.save_for_sampler(SaveWeightsForSamplerRequest.model_validate(body), call.tinker)
-            case "list_checkpoints":
-                return ListCheckpointsResponse(checkpoints=backend.checkpoints.list_training())
-            case "create_sampling_session":
-                request = CreateSamplingSessionRequest.model_validate(body)
+            case Op.SAVE_WEIGHTS_FOR_SAMPLER:
+                return self.save_for_sampler(request, call.tinker)
+            case Op.LIST_CHECKPOINTS:
+                return ListCheckpointsResponse(checkpoints=self.files.list_training())
+            case Op.CREATE_SAMPLING_SESSION:
                 session = self.sampling.create(request.model_path, request.base_model)
                 return CreateSamplingSessionResponse(sampling_session_id=session)
-            case "get_sampler":
-                return self.sampling.info(body["sampler_id"])
-            case "asample":
-                return self.sampling.sample(SampleRequest.model_validate(body))
-        raise ValueError(f"unknown operation {call.op!r}")
+            case Op.GET_SAMPLER:
+                return self.sampling.info(request.sampler_id)
+            case Op.ASAMPLE:
+                return self.sampling.sample(request)
 
     def reference(self, name: str, kind: str, tinker: bool) -> str:
         """How a checkpoint is named back to the client: the tinker client wants `tinker://<run>/<kind>/<name>`;
         the fireworks client accepts only plain names (both forms are accepted when loading)."""
-        return f"tinker://{self.spec.job_name.rsplit('/', 1)[1]}/{kind}/{name}" if tinker else name
+        return names.tinker_path(names.short(self.spec.job_name), kind, name) if tinker else name
 
     def create_model(self, body: CreateModelRequest) -> CreateModelResponse:
         if body.base_model != self.spec.base_model:
             raise NotFound(
                 f"base_model {body.base_model} is not served by this trainer; it trains {self.spec.base_model}"
             )
-        model_id, slot = self.backend.create_model(body.lora_config, body.base_only)
-        if self._resume_pending and slot.kind != ModelKind.FROZEN:
+        model_id, kind = self.backend.create_model(adapter(body.lora_config), body.base_only)
+        if self._resume_pending and kind != ModelKind.FROZEN:
             self._resume_pending = False
             self.backend.load_state(model_id, self.spec.resume_from, with_optimizer=True)
             log.info("model %s resumed from %s", model_id, self.spec.resume_from)
         return CreateModelResponse(model_id=model_id)
 
     def info(self, model_id: str) -> GetInfoResponse:
-        slot = self.backend.slot(model_id)
-        config = self.backend.base.config
+        info = self.backend.info(model_id)
         return GetInfoResponse(
             model_id=model_id,
             # a local directory, so the tinker client's get_tokenizer never reaches for the HF Hub
             model_data=ModelData(
-                arch=config.model_type, model_name=self.spec.base_model, tokenizer_id=self.backend.config.model_path
+                arch=info.architecture, model_name=self.spec.base_model, tokenizer_id=self.backend.config.model_path
             ),
-            is_lora=slot.kind == ModelKind.LORA,
-            lora_rank=slot.lora.rank if slot.lora else 0,
+            is_lora=info.kind == ModelKind.LORA,
+            lora_rank=info.lora_rank,
             model_name=self.spec.base_model,
         )
 
     def save_for_sampler(self, body: SaveWeightsForSamplerRequest, tinker: bool) -> SaveWeightsForSamplerResponse:
-        name = self.backend.checkpoints.new_name(body.path, "sampler")
-        self.backend.save_for_sampler(body.model_id, name)
-        path = self.reference(name, "sampler_weights", tinker)
+        name = self.files.new_name(body.path, "sampler")
+        self.backend.save_for_sampler(body.model_id, self.files.sampler_dir(name))
+        path = self.reference(name, names.SAMPLER_WEIGHTS, tinker)
         # the tinker client's save_weights_and_get_sampling_client samples from it right away
         session = self.sampling.create(path, None) if body.sampling_session_seq_id is not None else None
         return SaveWeightsForSamplerResponse(path=path, sampling_session_id=session)
 
 
-def build_service(spec: TrainerWorkerSpec) -> TrainerService:
+def build_service(launch: WorkerLaunch[TrainerWorkerSpec]) -> TrainerService:
+    spec, device = launch.spec, launch.process.device
     path = weights_path(spec.weights)
-    model, tokenizer = load_model(path, spec.device), load_tokenizer(path)
     config = BackendConfig(
         base_model=spec.base_model,
         model_path=path,
-        device=spec.device,
+        device=device,
         max_context_length=spec.max_context_length,
         lora_rank=spec.lora_rank,
         max_lora_rank=spec.max_lora_rank,
         forward_only=spec.forward_only,
         activation_checkpointing=spec.activation_checkpointing,
-        job_dir=spec.work_dir,
         seed=spec.seed,
     )
-    return TrainerService(spec, TrainerBackend(config, model, tokenizer))
+    backend = SingleDeviceBackend(config, load_model(path, device), load_tokenizer(path))
+    files = JobFiles(spec.work_dir)
+    sampling = SamplingSessions(
+        spec.base_model, lambda: TransformersSampler(path, device, spec.max_context_length), files
+    )
+    return TrainerService(spec, backend, files, sampling)
 
 
 def serve(service: TrainerService, connection: Connection) -> None:
@@ -189,11 +243,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fd", type=int, required=True, help="the socket to the worker's HTTP process")
     connection = Connection(parser.parse_args().fd)
-    spec: TrainerWorkerSpec = connection.recv()
+    launch = WorkerLaunch[TrainerWorkerSpec].model_validate_json(connection.recv_bytes())
     setup_process()
-    torch.set_num_threads(spec.threads)
-    log.info("loading %s on %s for %s", spec.base_model, spec.device, spec.job_name)
-    service = build_service(spec)
+    torch.set_num_threads(launch.process.threads)
+    log.info("loading %s on %s for %s", launch.spec.base_model, launch.process.device, launch.spec.job_name)
+    service = build_service(launch)
     # What is loaded by now lives as long as the process. Frozen out of the collector's sight, a full collection
     # takes under 1 ms instead of ~200 ms (measured on the tiny model), a pause a training step would wait through.
     gc.freeze()

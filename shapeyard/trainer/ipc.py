@@ -1,12 +1,12 @@
 """The link between a trainer worker's two processes: the HTTP process and the compute process.
 
-The HTTP process (`shapeyard.trainer.worker`) parses requests, orders them and keeps their futures; the compute
-process (`shapeyard.trainer.compute`) owns the model and runs one call after another. They are separate processes
-so that request handling never competes with the training step for the GIL: with the tiny model on CPU a step is
-mostly Python dispatch, and an event loop in the same process slowed it measurably.
+The HTTP process (`shapeyard.trainer.worker`) orders requests and keeps their futures (`shapeyard.trainer.sequencer`);
+the compute process (`shapeyard.trainer.compute`) owns the model and runs one call after another. They are separate
+processes so that request handling never competes with the training step for the GIL: with the tiny model on CPU a
+step is mostly Python dispatch, and an event loop in the same process slowed it measurably.
 
-The worker's spec, then calls, go down a socket pair as pickled `(request_id, Call)`; each comes back as a `Reply`,
-in the same order.
+The worker's launch (as JSON), then calls, go down a socket pair as pickled `(request_id, Call)`; each comes back as
+a `Reply`, in the same order.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shapeyard.errors import ShapeyardError
-from shapeyard.wire.trainer import ErrorCategory, RequestFailed
-from shapeyard.wire.worker import TrainerWorkerSpec
+from shapeyard.wire.errors import ShapeyardError
+from shapeyard.wire.trainer import ErrorCategory, Op, RequestFailed
+from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
 
 log = logging.getLogger("shapeyard.trainer")
 READY = "ready"  # the compute process's first message: the model is loaded
@@ -39,7 +39,7 @@ class Call:
     """One protocol operation for the compute process: its name, the request body as the client sent it (validated
     there, in order), and whether the client is the plain tinker client (it names checkpoints differently)."""
 
-    op: str
+    op: Op
     body: dict[str, Any]
     tinker: bool = False
 
@@ -83,9 +83,9 @@ def _failure(message: str, category: ErrorCategory) -> bytes:
 
 
 class ComputeProcess:
-    """The compute process, seen from the HTTP process: started with the worker's spec, fed calls in order."""
+    """The compute process, seen from the HTTP process: started with the worker's launch, fed calls in order."""
 
-    def __init__(self, spec: TrainerWorkerSpec) -> None:
+    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec]) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shapeyard.trainer.compute", "--fd", str(theirs.fileno())],
@@ -94,7 +94,7 @@ class ComputeProcess:
         theirs.close()
         self._socket = ours  # kept to shut down: that wakes the reply reader and ends the compute process's loop
         self._connection = Connection(os.dup(ours.fileno()))
-        self._connection.send(spec)
+        self._connection.send_bytes(launch.model_dump_json().encode())
         self._closing = False
 
     def wait_ready(self) -> None:

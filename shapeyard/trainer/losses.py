@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shapeyard.errors import InvalidArgument
+from shapeyard.wire.errors import InvalidArgument
 
 Inputs = Mapping[str, Tensor]
 TokenLoss = Callable[[Tensor, Inputs, Mapping[str, float]], Tensor]

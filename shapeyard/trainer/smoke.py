@@ -1,6 +1,6 @@
 """The smoke step of validation: a real step of a shape on real hardware.
 
-    python -m shapeyard.trainer.smoke --spec <worker spec file>
+    python -m shapeyard.trainer.smoke --launch <worker launch file>
 
 Loads the model as the trainer would, runs one forward_backward on a sequence of maxSupportedContextLength tokens
 and one optim_step (a forward pass only for forward-only shapes), and prints a SmokeResult (JSON) with the peak
@@ -9,20 +9,17 @@ memory and the step time. Runs in its own process so that its peak memory is its
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from shapeyard.launch.child import retain_freed_memory
-from shapeyard.shapes.validation import SmokeResult
-from shapeyard.trainer.backend import ModelKind
+from shapeyard.runtime.process import read_launch, retain_freed_memory
+from shapeyard.trainer.backend import AdamStep, AdapterSpec, Example, ModelKind
 from shapeyard.trainer.compute import build_service
-from shapeyard.wire.trainer import AdamParams, Datum, LoraConfig, ModelInput
-from shapeyard.wire.worker import TrainerWorkerSpec
+from shapeyard.wire.shapes import SmokeResult
+from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
 
 
 def peak_memory_gib(device: str) -> float:
@@ -31,24 +28,25 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kilobytes on Linux
 
 
-def smoke(spec: TrainerWorkerSpec) -> SmokeResult:
-    backend = build_service(spec).backend
-    lora = LoraConfig(rank=spec.lora_rank) if spec.lora_rank else None
-    model_id, slot = backend.create_model(lora, base_only=False)
+def smoke(launch: WorkerLaunch[TrainerWorkerSpec]) -> SmokeResult:
+    spec, device = launch.spec, launch.process.device
+    backend = build_service(launch).backend
+    lora = AdapterSpec(rank=spec.lora_rank) if spec.lora_rank else None
+    model_id, kind = backend.create_model(lora, base_only=False)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, backend.vocab_size, (spec.max_context_length + 1,), generator=generator).tolist()
-    datum = Datum(model_input=ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={"target_tokens": tokens[1:]})
+    example = Example(tokens[:-1], {"target_tokens": tokens[1:]})
     began = time.perf_counter()
-    trains = slot.kind != ModelKind.FROZEN
-    backend.forward(model_id, [datum], "cross_entropy", None, backward=trains)
+    trains = kind != ModelKind.FROZEN
+    backend.forward(model_id, [example], "cross_entropy", None, backward=trains)
     if trains:
-        backend.optim_step(model_id, AdamParams(learning_rate=1e-6), None)
-    if spec.device.startswith("cuda"):
+        backend.optim_step(model_id, AdamStep(learning_rate=1e-6), None)
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
     return SmokeResult(
-        device=spec.device,
-        peak_memory_gib=round(peak_memory_gib(spec.device), 3),
+        device=device,
+        peak_memory_gib=round(peak_memory_gib(device), 3),
         step_seconds=round(seconds, 3),
         tokens=spec.max_context_length,
         passed=True,
@@ -56,19 +54,17 @@ def smoke(spec: TrainerWorkerSpec) -> SmokeResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True)
-    spec = TrainerWorkerSpec.model_validate_json(Path(parser.parse_args().spec).read_text())
-    torch.set_num_threads(spec.threads)
+    launch = read_launch(TrainerWorkerSpec, __doc__)
+    torch.set_num_threads(launch.process.threads)
     retain_freed_memory()  # as the worker's compute process does, so that the step time is the worker's
     try:
-        result = smoke(spec)
+        result = smoke(launch)
     except Exception as exc:  # reported, not raised: a failed smoke step is a validation outcome
         result = SmokeResult(
-            device=spec.device,
-            peak_memory_gib=round(peak_memory_gib(spec.device), 3),
+            device=launch.process.device,
+            peak_memory_gib=round(peak_memory_gib(launch.process.device), 3),
             step_seconds=0.0,
-            tokens=spec.max_context_length,
+            tokens=launch.spec.max_context_length,
             passed=False,
             detail=f"{type(exc).__name__}: {exc}",
         )

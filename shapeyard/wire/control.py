@@ -12,20 +12,8 @@ from typing import Any
 
 from pydantic import Field
 
-from shapeyard.shapes.types import DeploymentShapeSnapshot, ModelSpec, TrainingShapeSnapshot
-from shapeyard.shapes.validation import ValidationReport
 from shapeyard.wire.base import CamelModel, StrictCamelModel
-
-
-class ErrorDetail(CamelModel):
-    code: int
-    message: str
-    status: str
-
-
-class ErrorBody(CamelModel):
-    error: ErrorDetail
-
+from shapeyard.wire.shapes import DeploymentShapeSnapshot, ModelSpec, TrainingShapeSnapshot, ValidationReport
 
 # --- accounts --------------------------------------------------------------------------------------------
 
@@ -143,6 +131,8 @@ class JobState(StrEnum):
     DELETED = "JOB_STATE_DELETED"
 
 
+# States of a job that has (or is getting) a worker.
+ACTIVE_JOB_STATES = frozenset({JobState.CREATING, JobState.PENDING, JobState.RUNNING})
 # States a `:resume` restarts from; the SDK's reconnect path uses the same set.
 RESUMABLE_JOB_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.PAUSED, JobState.COMPLETED})
 
@@ -224,7 +214,11 @@ class DeploymentState(StrEnum):
     DELETED = "DELETED"
 
 
-class Placement(StrictCamelModel):
+# States of a deployment whose replicas should run.
+SERVING_DEPLOYMENT_STATES = frozenset({DeploymentState.CREATING, DeploymentState.READY, DeploymentState.UPDATING})
+
+
+class DeploymentPlacement(StrictCamelModel):
     region: str | None = None
 
 
@@ -244,7 +238,7 @@ class CreateDeploymentRequest(StrictCamelModel):
     deployment_shape: str | None = None
     accelerator_type: str | None = None
     accelerator_count: int | None = None
-    placement: Placement | None = None
+    placement: DeploymentPlacement | None = None
     extra_args: list[str] | None = None
     extra_values: dict[str, Any] | None = None
     annotations: dict[str, str] | None = None

@@ -1,7 +1,8 @@
 """Trainer-protocol wire schema (snake_case JSON), the Tinker 0.23 contract the official clients speak.
 
-Shared by the trainer worker, the control plane's gateway and `shapeyard.client`. Requests ignore fields they do
-not know (clients add optional keys over versions); responses carry every field the clients require.
+Shared by the trainer worker, the control plane's gateways and `shapeyard.client`. Requests ignore fields they do
+not know (clients add optional keys over versions); responses carry every field the clients require. `Op` lists
+the operations, with the request each takes and how a worker answers it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,10 @@ import math
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from shapeyard.errors import InvalidArgument
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
-
+from shapeyard.wire.base import WireModel
+from shapeyard.wire.errors import InvalidArgument
 
 # --- data ------------------------------------------------------------------------------------------------
 
@@ -215,12 +209,43 @@ class LoadWeightsRequest(WireModel):
     seq_id: int | None = None
 
 
+class GetSamplerRequest(WireModel):
+    sampler_id: str
+
+
+class NoBody(WireModel):
+    """The request of an operation that takes no arguments."""
+
+
+class WeightsInfoRequest(WireModel):
+    tinker_path: str
+
+
 class RetrieveFutureRequest(WireModel):
     request_id: str
     allow_metadata_only: bool = False
 
 
 # --- responses -------------------------------------------------------------------------------------------
+
+
+class ClientConfig(WireModel):
+    """What the tinker client reads before its first call. JSON everywhere: the official clients then never switch
+    to protobuf, JWT or RDMA paths."""
+
+    pjwt_auth_enabled: bool = False
+    proto_write_fwdbwd: bool = False
+    proto_compress_fwdbwd: bool = False
+    parallel_fwdbwd_chunks: bool = True
+    credential_default_source: str = "api_key"
+
+
+class SessionHeartbeatResponse(WireModel):
+    type: Literal["session_heartbeat"] = "session_heartbeat"
+
+
+class Accepted(WireModel):
+    status: Literal["accepted"] = "accepted"
 
 
 class UntypedFuture(WireModel):
@@ -285,6 +310,12 @@ class SaveWeightsForSamplerResponse(WireModel):
     sampling_session_id: str | None = None
 
 
+class WeightsInfoResponse(WireModel):
+    base_model: str
+    is_lora: bool
+    lora_rank: int
+
+
 class UnloadModelResponse(WireModel):
     type: Literal["unload_model"] = "unload_model"
     model_id: str
@@ -326,6 +357,12 @@ class SamplingParams(WireModel):
     top_k: int = Field(-1, ge=-1)  # -1: off
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if isinstance(s, str)]
+
+    def stop_ids(self) -> list[int]:
+        return [] if isinstance(self.stop, str) else [s for s in self.stop or [] if isinstance(s, int)]
+
 
 class SampleRequest(WireModel):
     sampling_session_id: str | None = None
@@ -355,3 +392,68 @@ class GetSamplerResponse(WireModel):
     sampler_id: str
     base_model: str
     model_path: str | None = None
+
+
+# --- operations ------------------------------------------------------------------------------------------
+
+
+class Op(StrEnum):
+    """The trainer protocol's operations on a job's models, each at `/api/v1/<op>`."""
+
+    CREATE_MODEL = "create_model"
+    GET_INFO = "get_info"
+    UNLOAD_MODEL = "unload_model"
+    FORWARD = "forward"
+    FORWARD_BACKWARD = "forward_backward"
+    OPTIM_STEP = "optim_step"
+    SAVE_WEIGHTS = "save_weights"
+    LOAD_WEIGHTS = "load_weights"
+    SAVE_WEIGHTS_FOR_SAMPLER = "save_weights_for_sampler"
+    LIST_CHECKPOINTS = "list_checkpoints"
+    CREATE_SAMPLING_SESSION = "create_sampling_session"
+    GET_SAMPLER = "get_sampler"
+    ASAMPLE = "asample"
+
+
+REQUESTS: dict[Op, type[WireModel]] = {
+    Op.CREATE_MODEL: CreateModelRequest,
+    Op.GET_INFO: ModelRequest,
+    Op.UNLOAD_MODEL: ModelRequest,
+    Op.FORWARD: ForwardRequest,
+    Op.FORWARD_BACKWARD: ForwardBackwardRequest,
+    Op.OPTIM_STEP: OptimStepRequest,
+    Op.SAVE_WEIGHTS: SaveWeightsRequest,
+    Op.LOAD_WEIGHTS: LoadWeightsRequest,
+    Op.SAVE_WEIGHTS_FOR_SAMPLER: SaveWeightsForSamplerRequest,
+    Op.LIST_CHECKPOINTS: NoBody,
+    Op.CREATE_SAMPLING_SESSION: CreateSamplingSessionRequest,
+    Op.GET_SAMPLER: GetSamplerRequest,
+    Op.ASAMPLE: SampleRequest,
+}
+# Acknowledged at once with a future (`UntypedFuture`) and run in order; the others answer in their HTTP request.
+FUTURE_OPS = frozenset(
+    {
+        Op.CREATE_MODEL,
+        Op.UNLOAD_MODEL,
+        Op.FORWARD,
+        Op.FORWARD_BACKWARD,
+        Op.OPTIM_STEP,
+        Op.SAVE_WEIGHTS,
+        Op.LOAD_WEIGHTS,
+        Op.SAVE_WEIGHTS_FOR_SAMPLER,
+        Op.ASAMPLE,
+    }
+)
+# Sent with a `model_id`; the tinker entry routes them to the job its model ids name.
+MODEL_OPS = frozenset(
+    {
+        Op.GET_INFO,
+        Op.UNLOAD_MODEL,
+        Op.FORWARD,
+        Op.FORWARD_BACKWARD,
+        Op.OPTIM_STEP,
+        Op.SAVE_WEIGHTS,
+        Op.LOAD_WEIGHTS,
+        Op.SAVE_WEIGHTS_FOR_SAMPLER,
+    }
+)

@@ -6,14 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from shapeyard.client import ControlClient, RequestFailedError, managed_training
+from shapeyard.client import ApiError, ControlClient, managed_training
 from shapeyard.client.training import TrainingClient
 from shapeyard.wire.control import JobState
 from shapeyard.wire.trainer import AdamParams, Datum
-from tests.conformance.test_fireworks_training import TINY
-from tests.conftest import RunningServer, run_server, tiny_datum
+from tests.helpers import SHAPES, TINY, RunningServer, run_server, tiny_datum
 
-SHAPES = "accounts/fireworks/trainingShapes"
 DATA = [Datum.model_validate(tiny_datum([1, 20, 21, 22, 23, 24, 25]))]
 
 
@@ -74,7 +72,7 @@ def test_a_full_parameter_policy_gets_a_forward_only_reference_job_deleted_on_cl
     train_a_little(run.training_client)
     assert logprobs(run.reference) == pytest.approx(base, abs=1e-6)
     refused = run.reference.forward_backward(DATA)
-    with pytest.raises(RequestFailedError, match="forward-only"):
+    with pytest.raises(ApiError, match="forward-only"):
         refused.result()
     control = ControlClient(reference_server.base_url, reference_server.api_key)
     run.close(delete_job=True)

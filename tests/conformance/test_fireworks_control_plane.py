@@ -6,10 +6,7 @@ import pytest
 from fireworks.training.sdk import TrainerJobConfig, TrainerJobManager
 from fireworks.training.sdk.deployment import DeploymentConfig, DeploymentManager
 
-from tests.conftest import RunningServer, unique
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-SHAPES = "accounts/fireworks/trainingShapes"
+from tests.helpers import SHAPES, TINY, RunningServer, unique
 
 
 @pytest.fixture

@@ -14,35 +14,17 @@ from fireworks.training.sdk import (
     DeploymentSampler,
     FiretitanSamplingClient,
     FiretitanServiceClient,
-    TrainerJobConfig,
-    TrainerJobManager,
-    TrainerServiceEndpoint,
-    TrainingShapeProfile,
     WeightSyncer,
 )
 from fireworks.training.sdk import types as fw
 
-from tests.conformance.test_fireworks_training import TINY, chat_data
-from tests.conftest import RunningServer, run_server, unique
-
-LORA_SHAPE = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
-PROMPT = [1, 20, 21, 22]
+from tests.helpers import LORA_SHAPE, PROMPT, TINY, RunningServer, chat_data, create_lora_job, run_server, unique
 
 
 @pytest.fixture(scope="module")
 def serving_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with run_server(tmp_path_factory.mktemp("fw-serving"), cpu_slots=2) as running:
         yield running
-
-
-def create_lora_job(server: RunningServer) -> tuple[TrainerJobManager, TrainingShapeProfile, TrainerServiceEndpoint]:
-    """A rank-8 LoRA job on the tiny LoRA shape, created and waited for through the SDK."""
-    jobs = TrainerJobManager(api_key=server.api_key, base_url=server.base_url)
-    profile = jobs.resolve_training_profile(LORA_SHAPE)
-    endpoint = jobs.create_and_wait(
-        TrainerJobConfig(base_model=TINY, lora_rank=8, training_shape_ref=profile.training_shape), poll_interval_s=0.5
-    )
-    return jobs, profile, endpoint
 
 
 def test_lora_training_with_a_deployment_weight_sync_and_sampling(serving_server: RunningServer):

@@ -24,14 +24,20 @@ from fireworks.training.sdk import (
     WeightSyncer,
 )
 
-from shapeyard.wire.inference import DEPLOYMENT_HEADER, HOT_LOAD_PATH
-from tests.conformance.test_fireworks_deployments import LORA_SHAPE, PROMPT, create_lora_job
-from tests.conformance.test_fireworks_training import TINY, chat_data
-from tests.conftest import RunningServer, run_server, unique
+from shapeyard.wire.routes import DEPLOYMENT_HEADER, HOT_LOAD
+from tests.helpers import (
+    FORWARD_ONLY_SHAPE,
+    FULL_SHAPE,
+    LORA_SHAPE,
+    PROMPT,
+    TINY,
+    RunningServer,
+    chat_data,
+    create_lora_job,
+    run_server,
+    unique,
+)
 
-SHAPES = "accounts/fireworks/trainingShapes"
-POLICY_SHAPE = f"{SHAPES}/tiny-qwen3-2k-cpu"
-FORWARD_ONLY_SHAPE = f"{SHAPES}/tiny-qwen3-2k-cpu-forward-only"
 PPO = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.28}
 # Both logprob sources are float32 on the CPU; the serving engine batches and caches differently from the trainer.
 SAME = 1e-4
@@ -84,7 +90,7 @@ def largest_gap(a: list[list[float]], b: list[list[float]]) -> float:
 def test_full_parameter_policy_with_a_forward_only_reference_and_delta_hot_loads(rl_server: RunningServer):
     key, url = rl_server.api_key, rl_server.base_url
     jobs = TrainerJobManager(api_key=key, base_url=url)
-    policy_profile = jobs.resolve_training_profile(POLICY_SHAPE)
+    policy_profile = jobs.resolve_training_profile(FULL_SHAPE)
     reference_profile = jobs.resolve_training_profile(FORWARD_ONLY_SHAPE)
     assert reference_profile.trainer_mode == "FORWARD_ONLY"
     policy_job = jobs.create(TrainerJobConfig(base_model=TINY, training_shape_ref=policy_profile.training_shape))
@@ -148,7 +154,7 @@ def test_full_parameter_policy_with_a_forward_only_reference_and_delta_hot_loads
     # A delta is refused unless the deployment serves the snapshot it was made against.
     with rl_server.http() as http:
         stale = http.post(
-            HOT_LOAD_PATH,
+            HOT_LOAD,
             headers={DEPLOYMENT_HEADER: sampler.model, "fireworks-model": TINY},
             json={
                 "identity": identities[1],
@@ -212,7 +218,7 @@ def test_the_managed_lora_reference_shares_the_policy_trainer(rl_server: Running
 def test_the_managed_full_parameter_reference_is_a_forward_only_job_cleaned_up_on_close(rl_server: RunningServer):
     jobs = TrainerJobManager(api_key=rl_server.api_key, base_url=rl_server.base_url)
     deployments = DeploymentManager(api_key=rl_server.api_key, base_url=rl_server.base_url)
-    service = managed(rl_server, training_shape_id=POLICY_SHAPE, reference_training_shape_id=FORWARD_ONLY_SHAPE)
+    service = managed(rl_server, training_shape_id=FULL_SHAPE, reference_training_shape_id=FORWARD_ONLY_SHAPE)
     policy = service.create_training_client(base_model=TINY, lora_rank=0)
     reference = service.create_reference_client()
     reference_id = service.reference_job_id
@@ -240,7 +246,7 @@ def test_the_managed_full_parameter_reference_is_a_forward_only_job_cleaned_up_o
 
 def test_a_reference_shape_of_the_wrong_mode_is_refused_before_any_job_exists(rl_server: RunningServer):
     existing = job_names(rl_server)
-    service = managed(rl_server, training_shape_id=POLICY_SHAPE, reference_training_shape_id=POLICY_SHAPE)
+    service = managed(rl_server, training_shape_id=FULL_SHAPE, reference_training_shape_id=FULL_SHAPE)
     with pytest.raises(ValueError, match="requires trainer_mode in"):
         service.create_training_client(base_model=TINY, lora_rank=0)
     assert job_names(rl_server) == existing

@@ -5,36 +5,12 @@ from __future__ import annotations
 import pytest
 from fireworks.training.sdk import (
     AdamParams,
-    Datum,
     FiretitanServiceClient,
-    ModelInput,
     TrainerJobConfig,
     TrainerJobManager,
 )
 
-from tests.conftest import RunningServer
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-PROBLEMS = [("12+34=", "46"), ("57+21=", "78"), ("40+40=", "80"), ("19+66=", "85")]
-
-
-def chat_data() -> list[Datum]:
-    from shapeyard.cookbook.renderers import render_chat
-    from shapeyard.models import tiny
-
-    tokenizer = tiny.build_tokenizer()
-    data = []
-    for prompt, answer in PROBLEMS:
-        tokens, weights = render_chat(
-            tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        )
-        data.append(
-            Datum(
-                model_input=ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
-            )
-        )
-    return data
+from tests.helpers import TINY, RunningServer, chat_data
 
 
 @pytest.mark.parametrize(("shape", "rank"), [("tiny-qwen3-2k-cpu", 0), ("tiny-qwen3-2k-cpu-lora", 8)])

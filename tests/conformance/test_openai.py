@@ -10,9 +10,7 @@ import pytest
 from shapeyard.client import ControlClient
 from shapeyard.client.managed import wait_until_serving
 from shapeyard.wire.control import CreateDeploymentRequest
-from tests.conftest import RunningServer, run_server, unique
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
+from tests.helpers import TINY, RunningServer, run_server, unique
 
 
 @pytest.fixture(scope="module")

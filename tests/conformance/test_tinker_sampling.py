@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import tinker
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 
 PROMPT = [1, 20, 21, 22, 23]
 

@@ -8,7 +8,7 @@ import pytest
 import tinker
 import torch
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 
 TOKENS = [(3 * i + 1) % 90 + 5 for i in range(20)]
 

@@ -17,10 +17,8 @@ from shapeyard.client.managed import ManagedTraining
 from shapeyard.client.sampling import HotLoadError
 from shapeyard.store.tables import Deployment
 from shapeyard.wire.control import DeploymentResource, UpdateDeploymentRequest
-from tests.conftest import RunningServer, run_server, unique
+from tests.helpers import LORA_SHAPE, TINY, RunningServer, run_server, unique
 
-TINY = "accounts/fireworks/models/tiny-qwen3"
-LORA_SHAPE = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
 PROMPT = [1, 20, 21, 22, 23, 24]
 
 
@@ -107,7 +105,7 @@ def test_a_bad_or_missing_snapshot_leaves_the_old_weights_serving(run: ManagedTr
         run.control.hot_load(deployment_id, "never-saved")
     assert missing.value.http_status == 404 and "never-saved" in missing.value.message
 
-    broken = serving_server.control.settings.job_dir("local", run.job_id) / "sampler" / "broken"
+    broken = serving_server.job_files(run.job_id).sampler_root / "broken"
     broken.mkdir(parents=True)
     (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shapeyard.shapes.types import DeploymentShapeSnapshot
 from shapeyard.store import catalog as store
 from shapeyard.store.tables import DeploymentShapeVersion
-from tests.conftest import unique
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-LORA = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
-TINY_DEPLOY = "accounts/fireworks/deploymentShapes/rft-tiny-qwen3-cpu"
+from shapeyard.wire.shapes import DeploymentShapeSnapshot
+from tests.helpers import LORA_SHAPE, TINY, TINY_DEPLOYMENT_SHAPE, unique
 
 
 @pytest.fixture
@@ -20,7 +16,7 @@ def job(http) -> tuple[str, str]:
     job_id = unique("dj")
     created = http.post(
         "/v1/accounts/local/rlorTrainerJobs",
-        params={"trainingShape": LORA, "rlorTrainerJobId": job_id},
+        params={"trainingShape": LORA_SHAPE, "rlorTrainerJobId": job_id},
         json={"trainingConfig": {"baseModel": TINY, "loraRank": 8}},
     )
     linked = http.get(f"/v1/{created.json()['trainingShape']}").json()["snapshot"]["deploymentShapeVersion"]
@@ -51,7 +47,7 @@ def test_a_trainer_job_implies_its_linked_deployment_shape(http, job):
 def test_the_linked_shape_named_explicitly_and_bare(http, job):
     job_name, linked = job
     assert deploy(http, hotLoadTrainerJob=job_name, deploymentShape=linked)[1].status_code == 200
-    _, bare = deploy(http, deploymentShape=TINY_DEPLOY)
+    _, bare = deploy(http, deploymentShape=TINY_DEPLOYMENT_SHAPE)
     assert bare.json()["deploymentShape"] == linked
 
 
@@ -72,7 +68,7 @@ def test_a_shape_of_another_version_conflicts_with_the_link(server, http, job):
     with server.control.db.session() as session:
         row = store.add_deployment_version(
             session,
-            TINY_DEPLOY,
+            TINY_DEPLOYMENT_SHAPE,
             DeploymentShapeSnapshot(
                 base_model=TINY, accelerator_type="CPU", accelerator_count=1, max_context_length=4096
             ),
@@ -92,7 +88,7 @@ def test_the_shape_owns_the_accelerators(http, job):
     job_name, _ = job
     text = message(deploy(http, hotLoadTrainerJob=job_name, acceleratorType="NVIDIA_H200_141GB")[1])
     assert text.startswith("acceleratorType is owned by deployment shape")
-    text = message(deploy(http, deploymentShape=TINY_DEPLOY, acceleratorCount=4)[1])
+    text = message(deploy(http, deploymentShape=TINY_DEPLOYMENT_SHAPE, acceleratorCount=4)[1])
     assert text.startswith("acceleratorCount is owned by deployment shape")
 
 
@@ -137,8 +133,8 @@ def test_shapeless_deployments_need_an_explicit_opt_in(http):
         ({"baseModel": "tiny-qwen3"}, 400, "expected accounts/<account>/models/<id>"),
         ({"hotLoadTrainerJob": "accounts/local/rlorTrainerJobs/absent"}, 404, "hotLoadTrainerJob"),
         ({"hotLoadTrainerJob": "local/absent"}, 400, "expected accounts/<account>/rlorTrainerJobs/<id>"),
-        ({"deploymentShape": TINY_DEPLOY, "minReplicaCount": -1}, 400, "minReplicaCount"),
-        ({"deploymentShape": TINY_DEPLOY, "surprise": True}, 400, "surprise: Extra inputs are not permitted"),
+        ({"deploymentShape": TINY_DEPLOYMENT_SHAPE, "minReplicaCount": -1}, 400, "minReplicaCount"),
+        ({"deploymentShape": TINY_DEPLOYMENT_SHAPE, "surprise": True}, 400, "surprise: Extra inputs are not permitted"),
     ],
 )
 def test_bad_deployment_requests(http, body, status, text):
@@ -166,7 +162,7 @@ def test_patch_replicas_and_scale_to_zero(http, job):
         json={"minReplicaCount": 2, "maxReplicaCount": 2, "displayName": "ignored"},
     )
     assert (two.json()["minReplicaCount"], two.json()["displayName"]) == (2, dep_id)
-    assert "deploymentShape cannot change" in message(http.patch(path, json={"deploymentShape": TINY_DEPLOY}))
+    assert "deploymentShape cannot change" in message(http.patch(path, json={"deploymentShape": TINY_DEPLOYMENT_SHAPE}))
     assert "acceleratorType cannot change" in message(http.patch(path, json={"acceleratorType": "CPU"}))
     assert "cannot be updated" in message(http.patch(path, params={"updateMask": "base_model"}, json={}))
     assert "must not exceed" in message(http.patch(path, json={"minReplicaCount": 5}))
@@ -179,7 +175,7 @@ def test_reattach_to_another_job_with_the_same_linked_shape(http, job):
     other_id = unique("dj2")
     other = http.post(
         "/v1/accounts/local/rlorTrainerJobs",
-        params={"trainingShape": LORA, "rlorTrainerJobId": other_id},
+        params={"trainingShape": LORA_SHAPE, "rlorTrainerJobId": other_id},
         json={"trainingConfig": {"baseModel": TINY, "loraRank": 4}},
     ).json()["name"]
     patched = http.patch(
@@ -191,12 +187,12 @@ def test_reattach_to_another_job_with_the_same_linked_shape(http, job):
 
 
 def test_delete_hard_frees_the_id_and_duplicates_are_409(http):
-    dep_id, _ = deploy(http, deploymentShape=TINY_DEPLOY)
+    dep_id, _ = deploy(http, deploymentShape=TINY_DEPLOYMENT_SHAPE)
     path = f"/v1/accounts/local/deployments/{dep_id}"
     again = http.post(
         "/v1/accounts/local/deployments",
         params={"deploymentId": dep_id},
-        json={"baseModel": TINY, "deploymentShape": TINY_DEPLOY},
+        json={"baseModel": TINY, "deploymentShape": TINY_DEPLOYMENT_SHAPE},
     )
     assert again.status_code == 409
     assert http.delete(path, params={"hard": "true", "ignoreChecks": "true"}).json()["state"] == "DELETED"
@@ -205,7 +201,7 @@ def test_delete_hard_frees_the_id_and_duplicates_are_409(http):
         http.post(
             "/v1/accounts/local/deployments",
             params={"deploymentId": dep_id},
-            json={"baseModel": TINY, "deploymentShape": TINY_DEPLOY},
+            json={"baseModel": TINY, "deploymentShape": TINY_DEPLOYMENT_SHAPE},
         ).status_code
         == 200
     )

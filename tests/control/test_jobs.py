@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from shapeyard.store.tables import TrainerJob
-from tests.conftest import RunningServer, same_record, unique
+from tests.helpers import FULL_SHAPE, TINY, RunningServer, same_record, unique
 
-TINY = "accounts/fireworks/models/tiny-qwen3"
-POLICY = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu"
 BODY = {
     "trainingConfig": {"baseModel": TINY, "loraRank": 0, "learningRate": 1e-4},
     "displayName": "lifecycle",
@@ -17,7 +15,7 @@ def create(http, account="local", job_id=None):
     job_id = job_id or unique("job")
     response = http.post(
         f"/v1/accounts/{account}/rlorTrainerJobs",
-        params={"trainingShape": POLICY, "rlorTrainerJobId": job_id},
+        params={"trainingShape": FULL_SHAPE, "rlorTrainerJobId": job_id},
         json=BODY,
     )
     return job_id, response
@@ -29,7 +27,7 @@ def test_create_get_list_delete(http):
     job = created.json()
     assert job["name"] == f"accounts/local/rlorTrainerJobs/{job_id}"
     assert job["state"] == "JOB_STATE_CREATING"
-    assert job["trainingShape"].startswith(POLICY + "/versions/")
+    assert job["trainingShape"].startswith(FULL_SHAPE + "/versions/")
     assert same_record(http.get(f"/v1/accounts/local/rlorTrainerJobs/{job_id}").json(), job)
     listed = [j["name"] for j in http.get("/v1/accounts/local/rlorTrainerJobs").json()["rlorTrainerJobs"]]
     assert job["name"] in listed
@@ -109,7 +107,7 @@ def test_missing_or_wrong_key_is_401(server: RunningServer):
             for response in (
                 http.get("/v1/accounts"),
                 http.get("/v1/accounts/local/rlorTrainerJobs"),
-                http.get(f"/v1/{POLICY}/versions"),
+                http.get(f"/v1/{FULL_SHAPE}/versions"),
             ):
                 assert response.status_code == 401
                 assert response.json()["error"]["status"] == "UNAUTHENTICATED"
@@ -131,7 +129,7 @@ def test_malformed_job_ids(http):
     for job_id in ("Has_Upper", "-dash", "x" * 64):
         response = http.post(
             "/v1/accounts/local/rlorTrainerJobs",
-            params={"trainingShape": POLICY, "rlorTrainerJobId": job_id},
+            params={"trainingShape": FULL_SHAPE, "rlorTrainerJobId": job_id},
             json=BODY,
         )
         assert response.status_code == 400 and "rlorTrainerJobId" in response.json()["error"]["message"]

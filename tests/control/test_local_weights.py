@@ -13,8 +13,7 @@ from shapeyard.catalog.loader import load_catalog, with_local_weights
 from shapeyard.cli import app
 from shapeyard.client import Datum, ModelInput, managed_training
 from shapeyard.models import tiny
-from tests.conformance.test_fireworks_training import TINY
-from tests.conftest import run_server
+from tests.helpers import TINY, run_server
 
 TOKENS = [1, 20, 21, 22, 23, 24, 25, 26]
 

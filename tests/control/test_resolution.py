@@ -5,10 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, unique
+from tests.helpers import SHAPES, TINY, RunningServer, unique
 
-TINY = "accounts/fireworks/models/tiny-qwen3"
-SHAPES = "accounts/fireworks/trainingShapes"
 POLICY, LORA, FORWARD = (
     f"{SHAPES}/tiny-qwen3-2k-cpu",
     f"{SHAPES}/tiny-qwen3-2k-cpu-lora",

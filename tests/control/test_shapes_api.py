@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from shapeyard.control import accounts, deployments, gateway, inference, jobs, serverless, shapes
-from tests.conftest import RunningServer, unique
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-CPU_DEPLOY = "accounts/fireworks/deploymentShapes/rft-tiny-qwen3-cpu"
+from shapeyard.control.app import ROUTERS
+from tests.helpers import TINY, TINY_DEPLOYMENT_SHAPE, RunningServer, unique
 
 
 def snapshot(**fields):
@@ -20,7 +17,7 @@ def snapshot(**fields):
         "maxSupportedContextLength": 1024,
         "trainerImageTag": "0.1.0",
         "maxLoraRank": 16,
-        "deploymentShapeVersion": CPU_DEPLOY,
+        "deploymentShapeVersion": TINY_DEPLOYMENT_SHAPE,
         "activationCheckpointing": False,
         **fields,
     }
@@ -104,7 +101,7 @@ def test_admin_create_update_validate(http):
     )
     assert created.status_code == 200, created.text
     v1 = created.json()["latestVersion"]
-    assert v1["validated"] and v1["snapshot"]["deploymentShapeVersion"].startswith(CPU_DEPLOY + "/versions/")
+    assert v1["validated"] and v1["snapshot"]["deploymentShapeVersion"].startswith(TINY_DEPLOYMENT_SHAPE + "/versions/")
     path = f"/v1/accounts/local/trainingShapes/{shape_id}"
 
     updated = http.patch(path, json={"snapshot": {"maxLoraRank": 32}}).json()
@@ -177,9 +174,7 @@ def test_private_shapes_are_invisible_to_other_accounts(server: RunningServer, h
 def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
     spec = http.get("/openapi.json").json()
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routers = [server.app.router] + [
-        module.router for module in (accounts, deployments, gateway, inference, jobs, serverless, shapes)
-    ]
+    routers = [server.app.router, *ROUTERS]
     served = {
         (route.path.replace(":path}", "}"), method)
         for router in routers

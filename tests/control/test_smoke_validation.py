@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 
 
 def validate(server: RunningServer, shape: str) -> dict:

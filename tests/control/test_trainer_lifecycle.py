@@ -13,10 +13,7 @@ import pytest
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.client.managed import wait_until_running
-from tests.conftest import RunningServer, unique
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-SHAPE = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu"
+from tests.helpers import FULL_SHAPE, TINY, RunningServer, unique
 
 
 def wait_state(http: httpx.Client, job_id: str, states: set[str], timeout: float = 90) -> dict:
@@ -43,7 +40,7 @@ def test_a_job_goes_creating_pending_running_and_its_worker_answers_through_the_
     job_id = unique("life")
     created = http.post(
         "/v1/accounts/local/rlorTrainerJobs",
-        params={"trainingShape": SHAPE, "rlorTrainerJobId": job_id},
+        params={"trainingShape": FULL_SHAPE, "rlorTrainerJobId": job_id},
         json={"trainingConfig": {"baseModel": TINY}},
     )
     assert created.json()["state"] == "JOB_STATE_CREATING"
@@ -56,11 +53,11 @@ def test_a_job_goes_creating_pending_running_and_its_worker_answers_through_the_
     with training_server.http("fw_wrong_key") as stranger:
         assert stranger.get(gateway).status_code == 401
     # the worker itself refuses anyone who did not come through the gateway
-    endpoint = training_server.control.launcher.endpoint(f"accounts/local/rlorTrainerJobs/{job_id}")
+    endpoint = training_server.control.launcher.listener(f"accounts/local/rlorTrainerJobs/{job_id}")
     assert httpx.get(f"{endpoint.url}/api/v1/healthz").status_code == 401
     deleted = http.delete(f"/v1/accounts/local/rlorTrainerJobs/{job_id}")
     assert deleted.json()["state"] == "JOB_STATE_DELETED"
-    assert training_server.control.launcher.endpoint(f"accounts/local/rlorTrainerJobs/{job_id}") is None
+    assert training_server.control.launcher.listener(f"accounts/local/rlorTrainerJobs/{job_id}") is None
     assert http.get(gateway).status_code == 503
 
 
@@ -71,7 +68,7 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
         base_url=training_server.base_url,
         api_key=training_server.api_key,
         base_model=TINY,
-        training_shape_id=SHAPE,
+        training_shape_id=FULL_SHAPE,
         job_id=unique("resume"),
     )
     training = run.training_client
@@ -97,7 +94,7 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
         base_url=training_server.base_url,
         api_key=training_server.api_key,
         base_model=TINY,
-        training_shape_id=SHAPE,
+        training_shape_id=FULL_SHAPE,
         job_id=run.job_id,
     )
     assert resumed.job.state == "JOB_STATE_RUNNING"
@@ -113,7 +110,7 @@ def worker_processes(server: RunningServer, prefix: str) -> tuple[ManagedTrainin
         base_url=server.base_url,
         api_key=server.api_key,
         base_model=TINY,
-        training_shape_id=SHAPE,
+        training_shape_id=FULL_SHAPE,
         job_id=unique(prefix),
     )
     worker = server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
@@ -149,7 +146,7 @@ def test_resume_only_from_a_stopped_state(training_http):
     job_id = unique("busy")
     http.post(
         "/v1/accounts/local/rlorTrainerJobs",
-        params={"trainingShape": SHAPE, "rlorTrainerJobId": job_id},
+        params={"trainingShape": FULL_SHAPE, "rlorTrainerJobId": job_id},
         json={"trainingConfig": {"baseModel": TINY}},
     )
     refused = http.post(f"/v1/accounts/local/rlorTrainerJobs/{job_id}:resume")

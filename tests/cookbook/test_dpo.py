@@ -12,18 +12,26 @@ from shapeyard.cookbook.config import ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
 from shapeyard.cookbook.tasks import digits
 from shapeyard.wire.control import JobState
-from tests.conftest import RunningServer
-from tests.cookbook.test_rl import SHAPES, reference_jobs, run_cli_recipe
-from tests.cookbook.test_sft import TINY, metrics
+from tests.helpers import (
+    FULL_SHAPE,
+    TINY,
+    RunningServer,
+    metrics,
+    recipe_config,
+    reference_jobs,
+    run_cli_recipe,
+    with_run,
+)
 
 
 def test_dpo_learns_the_preferences_and_resumes_from_its_cached_reference(
     training_server: RunningServer, tmp_path: Path
 ):
     train, test = digits.flip_preference_splits()
-    settings = dpo.DPOConfig(
+    settings = recipe_config(
+        dpo.DPOConfig,
         server=ServerSection(base_url=training_server.base_url, api_key=training_server.api_key),
-        trainer=TrainerSection(training_shape_id=f"{SHAPES}/tiny-qwen3-2k-cpu", base_model=TINY, learning_rate=5e-4),
+        trainer=TrainerSection(training_shape_id=FULL_SHAPE, base_model=TINY, learning_rate=5e-4),
         train_data=write_jsonl(train, tmp_path / "train.jsonl"),
         eval_data=write_jsonl(test, tmp_path / "test.jsonl"),
         steps=16,
@@ -35,19 +43,19 @@ def test_dpo_learns_the_preferences_and_resumes_from_its_cached_reference(
     before, after = first.evaluations[0]["preference_accuracy"], first.evaluations[-1]["preference_accuracy"]
     assert before < 0.6 and after > 0.9, first.evaluations
     assert first.final_loss < 0.6 * first.first_loss
-    steps = [m for m in metrics(settings.log_dir) if "step" in m]
+    steps = [m for m in metrics(settings.run.log_dir) if "step" in m]
     assert abs(steps[0]["dpo_loss"] - math.log(2)) < 1e-4  # the policy starts as the reference: margin 0
     assert steps[-1]["margin"] > 0 and steps[-1]["accuracy"] > 0.9
     # the reference scored every pair once, then its job was deleted
-    cached = json.loads((settings.log_dir / "reference.json").read_text())
+    cached = json.loads((settings.run.log_dir / "reference.json").read_text())
     assert len(cached["scores"]) == len(train)
     (reference,) = reference_jobs(training_server, first.job_id)
     assert reference["forwardOnly"] and reference["state"] == JobState.DELETED
 
-    again = dpo.run(settings.model_copy(update={"steps": 20, "keep_job": False}), show_progress=False)
+    again = dpo.run(with_run(settings, steps=20, keep_job=False), show_progress=False)
     assert again.job_id == first.job_id
     assert len(reference_jobs(training_server, first.job_id)) == 1  # the cached scores were enough
-    assert [m["step"] for m in metrics(settings.log_dir) if "step" in m] == list(range(1, 21))
+    assert [m["step"] for m in metrics(settings.run.log_dir) if "step" in m] == list(range(1, 21))
 
 
 def test_the_cli_runs_the_dpo_recipe_with_a_lora_policy(training_server: RunningServer, tmp_path: Path):

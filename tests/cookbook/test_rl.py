@@ -18,10 +18,18 @@ from shapeyard.cookbook.config import ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
 from shapeyard.cookbook.tasks import digits
 from shapeyard.wire.control import JobState
-from tests.conftest import RunningServer, run_server
-from tests.cookbook.test_sft import TINY, metrics
-
-SHAPES = "accounts/fireworks/trainingShapes"
+from tests.helpers import (
+    FULL_SHAPE,
+    LORA_SHAPE,
+    TINY,
+    RunningServer,
+    metrics,
+    recipe_config,
+    reference_jobs,
+    run_cli_recipe,
+    run_server,
+    with_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +45,8 @@ def task(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def config(server: RunningServer, log_dir: Path, train: Path, trainer: dict, **fields) -> rl.RLConfig:
-    return rl.RLConfig(
+    return recipe_config(
+        rl.RLConfig,
         server=ServerSection(base_url=server.base_url, api_key=server.api_key),
         trainer=TrainerSection(base_model=TINY, **trainer),
         train_data=train,
@@ -49,7 +58,7 @@ def config(server: RunningServer, log_dir: Path, train: Path, trainer: dict, **f
 
 def test_rl_with_a_kl_penalty_raises_the_reward(rl_server: RunningServer, tmp_path: Path):
     train, test = task(tmp_path)
-    lora = {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu-lora", "lora_rank": 8, "learning_rate": 2e-3}
+    lora = {"training_shape_id": LORA_SHAPE, "lora_rank": 8, "learning_rate": 2e-3}
     settings = config(
         rl_server, tmp_path / "run", train, lora, eval_data=test, steps=20, groups_per_step=48, kl_beta=0.01
     )
@@ -60,7 +69,7 @@ def test_rl_with_a_kl_penalty_raises_the_reward(rl_server: RunningServer, tmp_pa
     before, after = result.evaluations[0], result.evaluations[-1]
     assert (before["step"], after["step"]) == (0, 20)
     assert after["accuracy"] > before["accuracy"] + 0.08, result.evaluations
-    steps = [m for m in metrics(settings.log_dir) if "step" in m]
+    steps = [m for m in metrics(settings.run.log_dir) if "step" in m]
     assert [m["step"] for m in steps] == list(range(1, 21))
     for record in steps:
         # on-policy: the deployment sampled the very weights the trainer scores
@@ -71,16 +80,9 @@ def test_rl_with_a_kl_penalty_raises_the_reward(rl_server: RunningServer, tmp_pa
     assert not reference_jobs(rl_server, result.job_id)  # the LoRA policy's own trainer was the reference
 
 
-def reference_jobs(server: RunningServer, job_id: str) -> list[dict]:
-    """The reference jobs provisioned for a policy job, deleted ones included."""
-    with server.http() as http:
-        listed = http.get(f"/v1/accounts/{server.account}/rlorTrainerJobs", params={"showDeleted": "true"}).json()
-    return [job for job in listed["rlorTrainerJobs"] if job["name"].split("/")[-1].startswith(f"{job_id}-reference")]
-
-
 def test_an_off_policy_full_parameter_run_with_a_reference_job_resumes(rl_server, tmp_path: Path):
     train, _ = task(tmp_path)
-    full = {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu", "learning_rate": 3e-4}
+    full = {"training_shape_id": FULL_SHAPE, "learning_rate": 3e-4}
     settings = config(
         rl_server,
         tmp_path / "run",
@@ -95,9 +97,9 @@ def test_an_off_policy_full_parameter_run_with_a_reference_job_resumes(rl_server
         keep_job=True,
     )
     first = rl.run(settings, show_progress=False)
-    resumed = rl.run(settings.model_copy(update={"steps": 6, "keep_job": False}), show_progress=False)
+    resumed = rl.run(with_run(settings, steps=6, keep_job=False), show_progress=False)
     assert resumed.job_id == first.job_id and len(resumed.rewards) == 2
-    steps = [m for m in metrics(settings.log_dir) if "step" in m]
+    steps = [m for m in metrics(settings.run.log_dir) if "step" in m]
     assert [m["step"] for m in steps] == list(range(1, 7))
     stale = [m for m in steps if m["step"] in (2, 4) and "train/ratio:mean" in m]
     assert stale and all(abs(m["train/ratio:mean"] - 1) > 1e-6 for m in stale)  # the importance ratio is live
@@ -105,21 +107,6 @@ def test_an_off_policy_full_parameter_run_with_a_reference_job_resumes(rl_server
     references = reference_jobs(rl_server, first.job_id)
     assert len(references) == 2 and all(job["forwardOnly"] for job in references)  # one per run, each cleaned up
     assert all(job["state"] == JobState.DELETED for job in references)
-
-
-def run_cli_recipe(server: RunningServer, tmp_path: Path, recipe: str, task: str, **settings) -> str:
-    """Writes the bundled task, then runs the recipe from a YAML config through the CLI on a LoRA policy."""
-    runner = CliRunner()
-    written = runner.invoke(app, ["cookbook", "task", task, "--out", str(tmp_path / "data")])
-    assert written.exit_code == 0, written.output
-    config_file = tmp_path / f"{recipe}.yaml"
-    lora = {"training_shape_id": f"{SHAPES}/tiny-qwen3-2k-cpu-lora", "base_model": TINY, "lora_rank": 8}
-    settings = {"trainer": lora, "train_data": str(tmp_path / "data" / "train.jsonl"), **settings}
-    config_file.write_text(yaml.safe_dump({**settings, "log_dir": str(tmp_path / "run")}))
-    base = ["--base-url", server.base_url, "--api-key", server.api_key]
-    result = runner.invoke(app, [*base, "cookbook", recipe, "--config", str(config_file)])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_the_cli_runs_the_rl_recipe(rl_server: RunningServer, tmp_path: Path):

@@ -12,32 +12,32 @@ from shapeyard.cli import app
 from shapeyard.cookbook import sft
 from shapeyard.cookbook.config import ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
-from shapeyard.cookbook.evaluation import exact_match, load_snapshot, snapshot_tokenizer
 from shapeyard.cookbook.tasks import digits
 from shapeyard.models import tiny
-from tests.conftest import RunningServer
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
+from tests.helpers import (
+    FULL_SHAPE,
+    LORA_SHAPE,
+    TINY,
+    RunningServer,
+    exact_match,
+    load_snapshot,
+    metrics,
+    recipe_config,
+    snapshot_tokenizer,
+    with_run,
+)
 
 
 def config(server: RunningServer, tmp_path: Path, data: Path, **fields) -> sft.SFTConfig:
-    trainer = {
-        "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu",
-        "base_model": TINY,
-        "learning_rate": 5e-3,
-        **fields.pop("trainer", {}),
-    }
-    return sft.SFTConfig(
+    trainer = {"training_shape_id": FULL_SHAPE, "base_model": TINY, "learning_rate": 5e-3, **fields.pop("trainer", {})}
+    return recipe_config(
+        sft.SFTConfig,
         server=ServerSection(base_url=server.base_url, api_key=server.api_key),
         trainer=TrainerSection(**trainer),
         train_data=data,
         log_dir=tmp_path / "run",
         **fields,
     )
-
-
-def metrics(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_lora_sft_learns_a_new_digit_task_and_evaluates_on_its_deployment(
@@ -60,13 +60,13 @@ def test_lora_sft_learns_a_new_digit_task_and_evaluates_on_its_deployment(
         eval_every=45,
         eval_data=held_out,
         trainer={
-            "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora",
+            "training_shape_id": LORA_SHAPE,
             "lora_rank": 16,
             "learning_rate": 1.5e-2,
         },
     )
     result = sft.run(settings, show_progress=False)
-    snapshot = training_server.control.settings.job_dir("local", result.job_id) / "sampler" / result.sampler_path
+    snapshot = training_server.job_files(result.job_id).sampler_dir(result.sampler_path)
     assert (snapshot / "adapter_config.json").exists()  # a PEFT directory
     after = exact_match(load_snapshot(snapshot), tokenizer, test)
     assert before < 0.1 and after > 0.9, (before, after, result)
@@ -75,7 +75,7 @@ def test_lora_sft_learns_a_new_digit_task_and_evaluates_on_its_deployment(
     assert [e["step"] for e in result.evaluations] == [0, 45, 90]
     assert result.evaluations[0]["exact_match"] == before and result.evaluations[-1]["exact_match"] == after
     assert result.evaluations[-1]["heldout_loss"] < result.evaluations[0]["heldout_loss"]
-    logged = [m["eval"] for m in metrics(settings.log_dir) if "eval" in m]
+    logged = [m["eval"] for m in metrics(settings.run.log_dir) if "eval" in m]
     assert logged == result.evaluations
 
 
@@ -84,21 +84,21 @@ def test_full_parameter_sft_learns_and_a_resumed_run_continues_bit_for_bit(train
     data = write_jsonl(train, tmp_path / "train.jsonl")
     straight = config(training_server, tmp_path / "a", data, batch_size=32, steps=24)
     sft.run(straight, show_progress=False)
-    reference = metrics(straight.log_dir)
+    reference = metrics(straight.run.log_dir)
     assert [m["step"] for m in reference] == list(range(1, 25))
     assert reference[-1]["loss"] < 0.7 * reference[0]["loss"]
 
     # stopped at 12 with its trainer kept: the rerun re-attaches to it
     kept = config(training_server, tmp_path / "b", data, batch_size=32, steps=12, save_every=6, keep_job=True)
     first = sft.run(kept, show_progress=False)
-    progress = json.loads((kept.log_dir / "progress.json").read_text())
+    progress = json.loads((kept.run.log_dir / "progress.json").read_text())
     assert progress == {"job_id": first.job_id, "step": 12, "checkpoint": "step-12"}
-    resumed = sft.run(kept.model_copy(update={"steps": 18, "keep_job": False}), show_progress=False)
+    resumed = sft.run(with_run(kept, steps=18, keep_job=False), show_progress=False)
     assert resumed.job_id == first.job_id
     # finished at 18, so its trainer was deleted: the rerun continues on a new job from the old job's checkpoint
-    again = sft.run(kept.model_copy(update={"steps": 24, "keep_job": False}), show_progress=False)
+    again = sft.run(with_run(kept, steps=24, keep_job=False), show_progress=False)
     assert again.job_id != first.job_id
-    continued = metrics(kept.log_dir)
+    continued = metrics(kept.run.log_dir)
     assert [m["step"] for m in continued] == list(range(1, 25))
     assert [m["loss"] for m in continued] == [m["loss"] for m in reference]  # bit for bit
 
@@ -111,15 +111,10 @@ def test_the_cli_runs_the_recipe_from_a_config_file(training_server: RunningServ
     config_file.write_text(
         yaml.safe_dump(
             {
-                "trainer": {
-                    "training_shape_id": "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu",
-                    "base_model": TINY,
-                    "learning_rate": 1e-3,
-                },
+                "trainer": {"training_shape_id": FULL_SHAPE, "base_model": TINY, "learning_rate": 1e-3},
                 "train_data": str(tmp_path / "data" / "train.jsonl"),
                 "batch_size": 8,
-                "steps": 3,
-                "log_dir": str(tmp_path / "run"),
+                "run": {"steps": 3, "log_dir": str(tmp_path / "run")},
             }
         )
     )

@@ -1,5 +1,5 @@
-"""The deployment worker's HTTP surface, in-process on the real engine: 425 while hot-loading, clear errors for
-bad requests, batched concurrent requests, a failed hot-load leaving the old weights serving."""
+"""The deployment worker's HTTP surface, in-process on the real sampling backend: 425 while hot-loading, clear errors
+for bad requests, batched concurrent requests, a failed hot-load leaving the old weights serving."""
 
 from __future__ import annotations
 
@@ -14,31 +14,26 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from shapeyard.models import tiny
-from shapeyard.serving.engine import SamplingEngine
+from shapeyard.models.transformers_sampler import TransformersSampler
 from shapeyard.serving.worker import HotLoader, create_worker_app
 from shapeyard.wire.inference import LoadingState
 from shapeyard.wire.worker import DeploymentWorkerSpec
-
-PROMPT = [1, 20, 21, 22]
+from tests.helpers import PROMPT
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> tuple[FastAPI, HotLoader]:
-    engine = SamplingEngine(tiny.ensure_tiny_model(), max_context_length=64)
+    sampler = TransformersSampler(tiny.ensure_tiny_model(), max_context_length=64)
     spec = DeploymentWorkerSpec(
         deployment_name="accounts/local/deployments/unit",
         replica=0,
         base_model="accounts/fireworks/models/tiny-qwen3",
         weights={"embedded": "tiny-qwen3"},
         max_context_length=64,
-        device="cpu",
-        threads=1,
         work_dir=tmp_path_factory.mktemp("replica"),
-        port=0,
-        token="",
     )
-    loader = HotLoader(engine, 0)
-    return create_worker_app(spec, engine, loader), loader
+    loader = HotLoader(sampler, 0)
+    return create_worker_app(spec, "", sampler, loader), loader
 
 
 def complete(client: TestClient, **body: object) -> httpx.Response:

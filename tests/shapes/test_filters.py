@@ -1,7 +1,7 @@
 import pytest
 
-from shapeyard.errors import InvalidArgument
 from shapeyard.shapes.filters import parse_filter
+from shapeyard.wire.errors import InvalidArgument
 
 FIELDS = {"snapshot.base_model": ("model", str), "latest_validated": ("latest", bool), "ctx": ("ctx", int)}
 RECORDS = [

@@ -3,7 +3,7 @@
 import pytest
 
 from shapeyard.shapes.memory import GIB, lora_parameters, plan_memory, plan_serving
-from shapeyard.shapes.types import (
+from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeviceKind,
     ModelSpec,

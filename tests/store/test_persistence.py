@@ -8,10 +8,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from shapeyard.store.db import MIGRATIONS_DIR, Database
-from tests.conftest import run_server, same_record
-
-TINY = "accounts/fireworks/models/tiny-qwen3"
-LORA = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
+from tests.helpers import LORA_SHAPE, TINY, run_server, same_record
 
 
 def test_restart_keeps_everything_and_accounts_stay_isolated(tmp_path: Path, database_url: str):
@@ -20,7 +17,7 @@ def test_restart_keeps_everything_and_accounts_stay_isolated(tmp_path: Path, dat
         with server.http() as http:
             job = http.post(
                 "/v1/accounts/local/rlorTrainerJobs",
-                params={"trainingShape": LORA, "rlorTrainerJobId": "kept"},
+                params={"trainingShape": LORA_SHAPE, "rlorTrainerJobId": "kept"},
                 json={"trainingConfig": {"baseModel": TINY, "loraRank": 8}, "displayName": "kept job"},
             ).json()
             dep = http.post(
@@ -41,7 +38,7 @@ def test_restart_keeps_everything_and_accounts_stay_isolated(tmp_path: Path, dat
         with server.http(other_key) as http:
             theirs = http.post(
                 "/v1/accounts/other/rlorTrainerJobs",
-                params={"trainingShape": LORA, "rlorTrainerJobId": "theirs"},
+                params={"trainingShape": LORA_SHAPE, "rlorTrainerJobId": "theirs"},
                 json={"trainingConfig": {"baseModel": TINY, "loraRank": 4}},
             ).json()
         catalog_size = server.http().get("/v1/accounts/fireworks/trainingShapes/-/versions").json()["totalSize"]

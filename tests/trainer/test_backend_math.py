@@ -12,12 +12,14 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict
 
-from shapeyard.errors import FailedPrecondition, InvalidArgument
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
-from shapeyard.trainer.backend import BackendConfig, TrainerBackend
+from shapeyard.trainer.backend import BackendConfig
 from shapeyard.trainer.losses import loss_spec
+from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.wire.errors import FailedPrecondition, InvalidArgument
 from shapeyard.wire.trainer import AdamParams, Datum, GradNormalization, LoraConfig, ModelInput, TensorData
+from tests.helpers import WireBackend
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
@@ -59,9 +61,7 @@ def data(batch: Batch) -> list[Datum]:
     ]
 
 
-def bare_backend(
-    path: str, job_dir: Path, rank: int = 0, *, forward_only: bool = False, seed: int = 0
-) -> TrainerBackend:
+def bare_backend(path: str, job_dir: Path, rank: int = 0, *, forward_only: bool = False, seed: int = 0) -> WireBackend:
     config = BackendConfig(
         base_model="accounts/fireworks/models/tiny-qwen3",
         model_path=path,
@@ -71,15 +71,14 @@ def bare_backend(
         max_lora_rank=64,
         forward_only=forward_only,
         activation_checkpointing=False,
-        job_dir=job_dir,
         seed=seed,
     )
-    return TrainerBackend(config, load_model(path, "cpu"), load_tokenizer(path))
+    return WireBackend(SingleDeviceBackend(config, load_model(path, "cpu"), load_tokenizer(path)), job_dir)
 
 
 def make_backend(
     path: str, job_dir: Path, rank: int = 0, *, seed: int = 0, lora_seed: int | None = None
-) -> tuple[TrainerBackend, str]:
+) -> tuple[WireBackend, str]:
     """A backend with its trainable model: full-parameter for rank 0, else a LoRA adapter."""
     backend = bare_backend(path, job_dir, rank, seed=seed)
     lora = LoraConfig(rank=rank, alpha=ALPHA, seed=lora_seed) if rank else LoraConfig(rank=0)
@@ -87,7 +86,7 @@ def make_backend(
     return backend, model_id
 
 
-def trainable(backend: TrainerBackend, model_id: str) -> dict[str, torch.Tensor]:
+def trainable(backend: WireBackend, model_id: str) -> dict[str, torch.Tensor]:
     """The model's trainable state, detached copies, by name."""
     slot = backend.slot(model_id)
     if slot.kind == "lora":
@@ -97,12 +96,12 @@ def trainable(backend: TrainerBackend, model_id: str) -> dict[str, torch.Tensor]
     return {name: tensor.detach().clone() for name, tensor in state.items()}
 
 
-def grads(backend: TrainerBackend, model_id: str) -> list[torch.Tensor | None]:
+def grads(backend: WireBackend, model_id: str) -> list[torch.Tensor | None]:
     return [None if p.grad is None else p.grad.clone() for p in backend.slot(model_id).params]
 
 
 def step(
-    backend: TrainerBackend, model_id: str, batch: Batch, normalization: GradNormalization | None = None
+    backend: WireBackend, model_id: str, batch: Batch, normalization: GradNormalization | None = None
 ) -> tuple[float, dict[str, float]]:
     out = backend.forward(model_id, data(batch), "cross_entropy", None, backward=True)
     return out.metrics["loss:sum"], backend.optim_step(model_id, ADAM, normalization)
@@ -525,7 +524,7 @@ def test_checkpoint_of_another_kind_or_rank_is_refused(model_path, tmp_path) -> 
 # --- forward-only ------------------------------------------------------------------------------------
 
 
-def logprobs(backend: TrainerBackend, model_id: str, batch: Batch) -> list[list[float]]:
+def logprobs(backend: WireBackend, model_id: str, batch: Batch) -> list[list[float]]:
     out = backend.forward(model_id, data(batch), "cross_entropy", None, backward=False)
     return [output["logprobs"].data for output in out.loss_fn_outputs]
 
@@ -540,7 +539,7 @@ def base_logprobs(model_path: str, batch: Batch) -> list[torch.Tensor]:
     return result
 
 
-def assert_forward_only_refusals(backend: TrainerBackend, model_id: str) -> None:
+def assert_forward_only_refusals(backend: WireBackend, model_id: str) -> None:
     with pytest.raises(FailedPrecondition, match=f"model {model_id} is forward-only"):
         backend.forward(model_id, data(RAGGED[0]), "cross_entropy", None, backward=True)
     with pytest.raises(FailedPrecondition, match=f"model {model_id} is forward-only"):

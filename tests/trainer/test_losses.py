@@ -11,12 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from shapeyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
-from shapeyard.trainer.backend import BackendConfig, TrainerBackend
+from shapeyard.trainer.backend import BackendConfig
 from shapeyard.trainer.losses import resolve_config
+from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.wire.trainer import Datum, ImageChunk, LoraConfig, ModelInput, TensorData
+from tests.helpers import WireBackend
 
 torch.set_num_threads(1)
 
@@ -25,7 +27,7 @@ VOCAB = tiny.VOCAB_SIZE
 LENGTHS = (6, 11, 8)  # unequal, so the backend pads
 
 
-def make_backend(path: str, job_dir: Path, rank: int = 0) -> tuple[TrainerBackend, str]:
+def make_backend(path: str, job_dir: Path, rank: int = 0) -> tuple[WireBackend, str]:
     config = BackendConfig(
         base_model="accounts/fireworks/models/tiny-qwen3",
         model_path=path,
@@ -35,10 +37,9 @@ def make_backend(path: str, job_dir: Path, rank: int = 0) -> tuple[TrainerBacken
         max_lora_rank=64,
         forward_only=False,
         activation_checkpointing=False,
-        job_dir=job_dir,
         seed=0,
     )
-    backend = TrainerBackend(config, load_model(path, "cpu"), load_tokenizer(path))
+    backend = WireBackend(SingleDeviceBackend(config, load_model(path, "cpu"), load_tokenizer(path)), job_dir)
     model_id, _ = backend.create_model(LoraConfig(rank=rank, alpha=32) if rank else LoraConfig(rank=0), base_only=False)
     return backend, model_id
 
@@ -63,7 +64,7 @@ def model_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def backend(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainerBackend, str]:
+def backend(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[WireBackend, str]:
     """A full-parameter backend shared by tests that only read (forward without backward, or requests that fail)."""
     return make_backend(model_path, tmp_path_factory.mktemp("losses"))
 
@@ -448,7 +449,7 @@ METRIC_CASES = [
 def test_rl_metrics_match_independent_computation(backend, cases, case, micro_batches, monkeypatch) -> None:
     loss_fn, family, config = case
     if micro_batches:
-        monkeypatch.setattr("shapeyard.trainer.backend.LOGITS_BUDGET", VOCAB)  # room for one token's logits
+        monkeypatch.setattr("shapeyard.trainer.single_device.LOGITS_BUDGET", VOCAB)  # room for one token's logits
     trainer, model_id = backend
     items = cases[family]
     out = trainer.forward(model_id, [datum(item["tokens"], **item["inputs"]) for item in items], loss_fn, config, False)

@@ -7,10 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, tiny_datum, unique
+from tests.helpers import LORA_SHAPE, TINY, RunningServer, tiny_datum, unique
 
-TINY = "accounts/fireworks/models/tiny-qwen3"
-LORA = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu-lora"
 TOKENS = [(5 * i + 3) % 90 + 5 for i in range(24)]
 
 
@@ -62,7 +60,7 @@ def trainer(training_server: RunningServer) -> Trainer:
     with training_server.http() as http:
         http.post(
             "/v1/accounts/local/rlorTrainerJobs",
-            params={"trainingShape": LORA, "rlorTrainerJobId": job_id},
+            params={"trainingShape": LORA_SHAPE, "rlorTrainerJobId": job_id},
             json={"trainingConfig": {"baseModel": TINY, "loraRank": 8}},
         )
         deadline = time.monotonic() + 120
