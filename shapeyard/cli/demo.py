@@ -23,10 +23,11 @@ from shapeyard.cookbook.config import RunSection, ServerSection, TrainerSection
 from shapeyard.cookbook.data import write_jsonl
 from shapeyard.cookbook.tasks import digits
 from shapeyard.models import tiny
+from shapeyard.wire import names
 
 console = Console()
-SHAPE = "accounts/fireworks/trainingShapes/tiny-qwen3-2k-cpu"
-MODEL = "accounts/fireworks/models/tiny-qwen3"
+SHAPE = names.public(names.TRAINING_SHAPES, "tiny-qwen3-2k-cpu")
+MODEL = names.public(names.MODELS, "tiny-qwen3")
 # Measured on a 2-core machine: 95 % held-out accuracy in about two minutes of training.
 RECIPE = {"learning_rate": 5e-3, "steps": 400, "batch_size": 64, "warmup_steps": 10, "final_fraction": 0.1}
 

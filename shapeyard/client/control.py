@@ -79,7 +79,7 @@ class ControlClient:
         return self._call("GET", routes.resource(name), TrainingShapeResource)
 
     def list_training_shape_versions(
-        self, shape: str = f"accounts/{names.ANY}/{names.TRAINING_SHAPES}/{names.ANY}", filter: str = ""
+        self, shape: str = names.resource_name(names.ANY, names.TRAINING_SHAPES, names.ANY), filter: str = ""
     ) -> list[TrainingShapeVersionResource]:
         return self._all_pages(
             routes.resource(f"{shape}/versions"),

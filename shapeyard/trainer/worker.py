@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,8 +53,8 @@ def speaks_tinker(request: Request) -> bool:
 
 
 def create_worker_app(spec: TrainerWorkerSpec, token: str, sequencer: Sequencer) -> FastAPI:
-    sessions: dict[str, float] = {}
-
+    """A worker's sessions are ids and nothing more: a session's models are ordered by the `model_seq_id` the client
+    sends with them (see `create_model`)."""
     api = APIRouter(prefix=routes.TRAINER_API, dependencies=[Depends(gateway_only(token))])
 
     @api.get(routes.HEALTH)
@@ -68,13 +67,10 @@ def create_worker_app(spec: TrainerWorkerSpec, token: str, sequencer: Sequencer)
 
     @api.post("/create_session")
     async def create_session(body: CreateSessionRequest) -> Response:
-        session_id = f"sess-{secrets.token_hex(6)}"
-        sessions[session_id] = time.time()
-        return json_response(CreateSessionResponse(session_id=session_id))
+        return json_response(CreateSessionResponse(session_id=f"sess-{secrets.token_hex(6)}"))
 
     @api.post("/session_heartbeat")
     async def session_heartbeat(body: SessionHeartbeatRequest) -> Response:
-        sessions[body.session_id] = time.time()
         return json_response(SessionHeartbeatResponse())
 
     @api.post("/telemetry")

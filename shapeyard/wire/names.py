@@ -114,9 +114,14 @@ def in_account(name: str, account: str) -> bool:
     return name.startswith(f"{account_name(account)}/")
 
 
+def is_full(name: str) -> bool:
+    """Whether a name is a full resource name, rather than a bare or short id."""
+    return name.startswith("accounts/")
+
+
 def public(collection: str, short: str) -> str:
     """A full name as given, or a short id of the public catalog (`tiny-qwen3` -> accounts/fireworks/models/...)."""
-    return short if short.startswith("accounts/") else resource_name(PUBLIC_ACCOUNT, collection, short)
+    return short if is_full(short) else resource_name(PUBLIC_ACCOUNT, collection, short)
 
 
 def short(name: str) -> str:

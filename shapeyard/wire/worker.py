@@ -11,6 +11,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from shapeyard.wire import routes
 from shapeyard.wire.shapes import TrainerMode, WeightsSource
 
 
@@ -28,7 +29,7 @@ class WorkerSpec(BaseModel):
 
 class TrainerWorkerSpec(WorkerSpec):
     module: ClassVar[str] = "shapeyard.trainer.worker"
-    health_path: ClassVar[str] = "/api/v1/healthz"
+    health_path: ClassVar[str] = routes.TRAINER_HEALTH
 
     job_name: str
     trainer_mode: TrainerMode
@@ -49,7 +50,7 @@ class Snapshot(BaseModel):
 
 class DeploymentWorkerSpec(WorkerSpec):
     module: ClassVar[str] = "shapeyard.serving.worker"
-    health_path: ClassVar[str] = "/healthz"
+    health_path: ClassVar[str] = routes.HEALTH
 
     deployment_name: str
     replica: int

@@ -239,19 +239,18 @@ def test_loss_value_and_logprobs_match_independent_computation(backend, cases, c
         backward=False,
     )
 
-    expected = 0.0
-    for item in items:
-        expected += float(
-            expected_token_losses(loss_fn, item["logp"].double(), as_tensors(item["inputs"]), config or {}).sum()
-        )
-    assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-6, abs=1e-5)
-    assert abs(expected) > 1e-2  # the check is not vacuous
-
+    # The logprobs the backend computed equal the independent forward pass's, per token; the loss is the loss
+    # definition applied to them. (Applied to the independent logprobs instead, the per-token differences the first
+    # check allows add up over a sequence, multiplied by the ratios of the policy losses, beyond the loss tolerance.)
     assert len(out.loss_fn_outputs) == len(items)
+    expected = 0.0
     for item, output in zip(items, out.loss_fn_outputs, strict=True):
         got = torch.tensor(output["logprobs"].data, dtype=torch.float64)
         assert got.shape == (len(item["tokens"]),)
         torch.testing.assert_close(got, item["logp"].double(), atol=1e-5, rtol=0)
+        expected += float(expected_token_losses(loss_fn, got, as_tensors(item["inputs"]), config or {}).sum())
+    assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-6, abs=1e-5)
+    assert abs(expected) > 1e-2  # the check is not vacuous
 
     assert out.metrics, "a forward reports metrics"
     for key in out.metrics:

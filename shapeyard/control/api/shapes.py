@@ -7,8 +7,10 @@ The public catalog (account `fireworks`) is readable by every key; other account
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Depends
 from pydantic.alias_generators import to_camel
 from sqlalchemy.orm import Session
 
@@ -117,25 +119,53 @@ def _version_resource(
     )
 
 
+@dataclass
+class VersionQuery:
+    """The query parameters of a version listing."""
+
+    filter: str = ""
+    orderBy: str = ""
+    pageSize: int = 0
+    pageToken: str = ""
+
+
+VersionQueryDep = Annotated[VersionQuery, Depends()]
+
+
+def _in_scope(
+    session: Session,
+    caller: Caller,
+    account: str,
+    collection: str,
+    shape: str,
+    versions: Callable[[Session, str | None], Sequence[VersionRow]],
+    what: str,
+) -> tuple[list[VersionRow], dict[str, int]]:
+    """The versions a listing covers (one shape's, or `-`: every one) that the caller may see, with each shape's
+    latest validated ordinal."""
+    scope_account, scope_shape = _scope(account, collection, shape)
+    rows, latest = visible_versions(versions(session, scope_shape), caller, scope_account)
+    if scope_shape is not None and not rows:
+        raise NotFound(f"{what} {scope_shape} not found")
+    return rows, latest
+
+
 def _listing(
     rows: Sequence[VersionRow],
     latest: dict[str, int],
-    filter: str,
+    query: VersionQuery,
     fields: dict[str, tuple[str, type]],
     record: Callable[[VersionRow], Record],
-    order_by: str,
-    page_size: int,
-    page_token: str,
 ) -> tuple[list[VersionRow], str, int]:
     """One page of the versions the filter selects, in the requested order: (page, next token, total)."""
-    matches = parse_filter(filter, fields)
+    matches = parse_filter(query.filter, fields)
 
     def full_record(row: VersionRow) -> Record:
         latest_validated = latest.get(row.shape) == row.ordinal
         return {"validated": row.validated, "public": row.public, "latest_validated": latest_validated, **record(row)}
 
-    selected = _order([row for row in rows if matches(full_record(row))], order_by)
-    page, token = paginate(selected, page_size, page_token)
+    selected = _order([row for row in rows if matches(full_record(row))], query.orderBy)
+    page, token = paginate(selected, query.pageSize, query.pageToken)
     return page, token, len(selected)
 
 
@@ -251,21 +281,13 @@ def update_training_shape(
 
 @router.get(routes.TRAINING_SHAPE_VERSIONS)
 def list_training_shape_versions(
-    account: str,
-    shape: str,
-    caller: CallerDep,
-    control: PlaneDep,
-    filter: str = "",
-    orderBy: str = "",
-    pageSize: int = 0,
-    pageToken: str = "",
+    account: str, shape: str, caller: CallerDep, control: PlaneDep, query: VersionQueryDep
 ) -> ListTrainingShapeVersionsResponse:
-    scope_account, scope_shape = _scope(account, names.TRAINING_SHAPES, shape)
     with control.db.session() as session:
-        rows, latest = visible_versions(store.training_versions(session, scope_shape), caller, scope_account)
+        rows, latest = _in_scope(
+            session, caller, account, names.TRAINING_SHAPES, shape, store.training_versions, "training shape"
+        )
         models = {spec.name: spec for spec in store.list_models(session)}
-    if scope_shape is not None and not rows:
-        raise NotFound(f"training shape {scope_shape} not found")
 
     def record(row: TrainingShapeVersion) -> Record:
         model = models.get(row.base_model)
@@ -278,7 +300,7 @@ def list_training_shape_versions(
             "parameter_count": model.parameter_count if model else 0,
         }
 
-    page, token, total = _listing(rows, latest, filter, TRAINING_FILTERS, record, orderBy, pageSize, pageToken)
+    page, token, total = _listing(rows, latest, query, TRAINING_FILTERS, record)
     return ListTrainingShapeVersionsResponse(
         training_shape_versions=[training_version_resource(row, latest) for row in page],
         next_page_token=token,
@@ -348,25 +370,17 @@ def validate_training_shape_version(
 
 @router.get(routes.DEPLOYMENT_SHAPE_VERSIONS)
 def list_deployment_shape_versions(
-    account: str,
-    shape: str,
-    caller: CallerDep,
-    control: PlaneDep,
-    filter: str = "",
-    orderBy: str = "",
-    pageSize: int = 0,
-    pageToken: str = "",
+    account: str, shape: str, caller: CallerDep, control: PlaneDep, query: VersionQueryDep
 ) -> ListDeploymentShapeVersionsResponse:
-    scope_account, scope_shape = _scope(account, names.DEPLOYMENT_SHAPES, shape)
     with control.db.session() as session:
-        rows, latest = visible_versions(store.deployment_versions(session, scope_shape), caller, scope_account)
-    if scope_shape is not None and not rows:
-        raise NotFound(f"deployment shape {scope_shape} not found")
+        rows, latest = _in_scope(
+            session, caller, account, names.DEPLOYMENT_SHAPES, shape, store.deployment_versions, "deployment shape"
+        )
 
     def record(row: DeploymentShapeVersion) -> Record:
         return {"base_model": row.base_model, "accelerator_type": store.deployment_snapshot(row).accelerator_type}
 
-    page, token, total = _listing(rows, latest, filter, DEPLOYMENT_FILTERS, record, orderBy, pageSize, pageToken)
+    page, token, total = _listing(rows, latest, query, DEPLOYMENT_FILTERS, record)
     return ListDeploymentShapeVersionsResponse(
         deployment_shape_versions=[deployment_version_resource(row, latest) for row in page],
         next_page_token=token,

@@ -38,7 +38,7 @@ router = APIRouter(tags=["inference"])
 
 def _deployment_id(caller: Caller, model: str, field: str) -> tuple[str, str]:
     """`accounts/<a>/deployments/<d>`, or a bare deployment id of the caller's account."""
-    if not model.startswith("accounts/"):
+    if not names.is_full(model):
         return caller.account, names.check_id(field, model)
     parsed = names.deployment(model, field=field)
     return parsed.account, parsed.id

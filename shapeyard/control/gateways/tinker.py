@@ -33,6 +33,7 @@ from shapeyard.store.accounts import Caller
 from shapeyard.store.layout import read_meta
 from shapeyard.store.tables import TrainerJob
 from shapeyard.wire import names, routes
+from shapeyard.wire.base import WireModel
 from shapeyard.wire.control import ACTIVE_JOB_STATES, CreateTrainerJobRequest, JobState, TrainingConfig
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound, ShapeyardError
 from shapeyard.wire.trainer import (
@@ -89,10 +90,11 @@ async def _relay(
     caller: Caller,
     job_id: str,
     op: str,
-    payload: Any,
+    payload: WireModel | dict[str, Any],
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A trainer-protocol call on one of the caller's jobs; an error answer is raised with the worker's status."""
+    """A trainer-protocol call on one of the caller's jobs; an error answer is raised with the worker's status. A
+    dict is the client's own body, passed on for the worker to validate in order."""
     name = _job_name(caller, job_id)
     listener = control.launcher.listener(name)
     if listener is None:
