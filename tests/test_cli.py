@@ -99,7 +99,7 @@ def test_missing_key_and_unreachable_server():
 
 
 def test_admin_creates_accounts_and_keys_in_the_database(tmp_path: Path):
-    data = ["--data-dir", str(tmp_path)]
+    data = ["--data-dir", str(tmp_path / "new")]  # no server has used it yet
     created = runner.invoke(app, ["admin", "create-account", "team-a", *data])
     assert created.exit_code == 0, created.output
     keys = [line.split()[-1] for line in created.output.splitlines() if line.strip().startswith("key")]

@@ -21,8 +21,10 @@ T = TypeVar("T")
 
 
 def _in_database(data_dir: Path, database_url: str | None, action: Callable[[Session], T]) -> T:
-    """Run `action(session)` in one transaction on the server's database, migrating it first."""
-    db = Database(ServerSettings(data_dir=data_dir, database_url=database_url).db_url)
+    """Run `action(session)` in one transaction on the server's database, creating or migrating it first."""
+    settings = ServerSettings(data_dir=data_dir, database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
     try:
         db.upgrade()
         with db.session() as session:
