@@ -3,7 +3,7 @@
 Same model (the embedded tiny Qwen3), same 8 chat prompts of different lengths, 64 new tokens each, temperature 1,
 no top-p / top-k, both in one run. Both sides ignore the eos token, so that each produces exactly 8 x 64 tokens
 (counted and checked every round). The server path is the real one: client -> control plane gateway -> deployment
-worker process, which decodes with its own engine and returns per-token logprobs, as a trainer's rollouts want.
+worker process, which decodes with its sampling backend and returns per-token logprobs, as a trainer's rollouts want.
 
 How the client sends the 8 prompts (`--client`):
   list     one completions request whose prompt is the list of 8 token lists: the same one batch that raw
@@ -33,13 +33,14 @@ import torch
 from shapeyard.client import ControlClient
 from shapeyard.client.managed import wait_until_serving
 from shapeyard.client.sampling import DeploymentSampler
+from shapeyard.control.embedded import EmbeddedServer
 from shapeyard.control.settings import ServerSettings
-from shapeyard.runtime.process import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
-from shapeyard.control.embedded import EmbeddedServer
+from shapeyard.runtime.process import retain_freed_memory
+from shapeyard.wire import routes
 from shapeyard.wire.control import CreateDeploymentRequest
-from shapeyard.wire.inference import CompletionRequest
+from shapeyard.wire.inference import CompletionRequest, CompletionResponse
 
 PROMPTS, NEW_TOKENS = 8, 64
 TINY = "accounts/fireworks/models/tiny-qwen3"
@@ -99,11 +100,11 @@ class ListClient:
 
     def round(self) -> tuple[float, int]:
         began = time.perf_counter()
-        response = self.http.post("/inference/v1/completions", json=self.body)
+        response = self.http.post(routes.COMPLETIONS, json=self.body)
         response.raise_for_status()
-        choices = response.json()["choices"]
+        choices = CompletionResponse.model_validate_json(response.content).choices
         seconds = time.perf_counter() - began
-        return seconds, sum(len(choice["raw_output"]["completion_token_ids"]) for choice in choices)
+        return seconds, sum(len(choice.raw_output.completion_token_ids) for choice in choices)
 
 
 class ThreadsClient:

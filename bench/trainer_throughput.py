@@ -34,11 +34,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
+from shapeyard.control.embedded import EmbeddedServer
 from shapeyard.control.settings import ServerSettings
-from shapeyard.runtime.process import retain_freed_memory
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model
-from shapeyard.control.embedded import EmbeddedServer
+from shapeyard.runtime.process import retain_freed_memory
 
 BATCH, LENGTH, WARMUP = 8, 256, 3
 TINY = "accounts/fireworks/models/tiny-qwen3"

@@ -445,15 +445,4 @@ FUTURE_OPS = frozenset(
     }
 )
 # Sent with a `model_id`; the tinker entry routes them to the job its model ids name.
-MODEL_OPS = frozenset(
-    {
-        Op.GET_INFO,
-        Op.UNLOAD_MODEL,
-        Op.FORWARD,
-        Op.FORWARD_BACKWARD,
-        Op.OPTIM_STEP,
-        Op.SAVE_WEIGHTS,
-        Op.LOAD_WEIGHTS,
-        Op.SAVE_WEIGHTS_FOR_SAMPLER,
-    }
-)
+MODEL_OPS = (FUTURE_OPS - {Op.CREATE_MODEL, Op.ASAMPLE}) | {Op.GET_INFO}
