@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
-	$(BIN)/python -m shapeyard.models.tiny  # build and pre-train the embedded tiny model once (about a minute)
+	$(BIN)/python -m shapeyard.models.tiny  # build and pre-train the embedded tiny model once (under a minute)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check shapeyard tests
-	$(BIN)/ruff format --check shapeyard tests
+	$(BIN)/ruff check shapeyard tests bench
+	$(BIN)/ruff format --check shapeyard tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
