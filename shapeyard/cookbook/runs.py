@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -25,13 +26,22 @@ from shapeyard.wire import names
 from shapeyard.wire.control import JobState
 
 
+class ResumePoint(BaseModel):
+    """`progress.json`: the run's last checkpoint, where a rerun resumes."""
+
+    job_id: str
+    step: int
+    checkpoint: str
+
+
 class RunDir:
     """A run's log directory: `metrics.jsonl` and the resume record `progress.json`."""
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.progress: dict[str, Any] = json.loads(self._progress.read_text()) if self._progress.exists() else {}
+        saved = self._progress.read_text() if self._progress.exists() else None
+        self.progress = ResumePoint.model_validate_json(saved) if saved else None
         self._metrics = (path / "metrics.jsonl").open("a")
 
     @property
@@ -43,8 +53,8 @@ class RunDir:
         self._metrics.flush()
 
     def record_checkpoint(self, job_id: str, step: int, path: str) -> str:
-        self.progress = {"job_id": job_id, "step": step, "checkpoint": path}
-        self._progress.write_text(json.dumps(self.progress))
+        self.progress = ResumePoint(job_id=job_id, step=step, checkpoint=path)
+        self._progress.write_text(self.progress.model_dump_json())
         return path
 
     def close(self) -> None:
@@ -111,7 +121,7 @@ class RecipeRun:
             learning_rate=trainer.learning_rate,
             display_name=trainer.display_name,
             replica_count=trainer.replica_count,
-            job_id=trainer.job_id or _live_job(server, log.progress.get("job_id")),
+            job_id=trainer.job_id or _live_job(server, log.progress and log.progress.job_id),
             create_deployment=deployment is not None,
             deployment_replica_count=deployment.replica_count if deployment else 1,
             reference_required=reference is not None,
@@ -121,10 +131,10 @@ class RecipeRun:
         # the trainer names a local directory, so the tokenizer never comes from the network
         tokenizer = AutoTokenizer.from_pretrained(managed.training_client.get_info().model_data.tokenizer_id)
         start = 0
-        if log.progress.get("checkpoint"):
-            saved = names.cross_job_path(log.progress["job_id"], log.progress["checkpoint"])
+        if log.progress is not None:
+            saved = names.cross_job_path(log.progress.job_id, log.progress.checkpoint)
             managed.training_client.load_state_with_optimizer(saved).result()
-            start = log.progress["step"]
+            start = log.progress.step
         return cls(settings, managed, tokenizer, log, start)
 
     @property
