@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
-from shapeyard.wire.errors import ErrorBody
+from shapeyard.wire.errors import ShapeyardError
 
 
 class ApiError(Exception):
@@ -32,9 +31,6 @@ def session(base_url: str, api_key: str, timeout: float | httpx.Timeout) -> http
 def check(response: httpx.Response) -> Any:
     """The JSON of a 2xx answer; an error answer raises ApiError with the server's status and message."""
     if response.is_error:
-        try:
-            error = ErrorBody.model_validate_json(response.content).error
-        except ValidationError:
-            raise ApiError(response.text, http_status=response.status_code) from None
+        error = ShapeyardError.from_response(response.status_code, response.content)
         raise ApiError(error.message, http_status=response.status_code, status=error.status)
     return response.json()

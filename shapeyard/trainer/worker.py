@@ -27,6 +27,7 @@ from shapeyard.wire import routes
 from shapeyard.wire.errors import InvalidArgument, NotFound
 from shapeyard.wire.trainer import (
     FUTURE_OPS,
+    LONG_POLL_SECONDS,
     Accepted,
     ClientConfig,
     CreateSessionRequest,
@@ -43,7 +44,6 @@ from shapeyard.wire.trainer import (
 from shapeyard.wire.worker import TrainerWorkerSpec
 
 log = logging.getLogger("shapeyard.trainer")
-LONG_POLL_SECONDS = 25.0
 TINKER_SDK_VERSION = "0.23.0"
 
 

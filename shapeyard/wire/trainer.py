@@ -221,6 +221,10 @@ class WeightsInfoRequest(WireModel):
     tinker_path: str
 
 
+# How long a retrieve_future waits for its result before answering try_again (the SDKs give up after 45 s).
+LONG_POLL_SECONDS = 25.0
+
+
 class RetrieveFutureRequest(WireModel):
     request_id: str
     allow_metadata_only: bool = False

@@ -37,6 +37,7 @@ from shapeyard.wire.base import WireModel
 from shapeyard.wire.control import ACTIVE_JOB_STATES, CreateTrainerJobRequest, JobState, TrainingConfig
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound, ShapeyardError
 from shapeyard.wire.trainer import (
+    LONG_POLL_SECONDS,
     MODEL_OPS,
     Accepted,
     ClientConfig,
@@ -57,10 +58,10 @@ from shapeyard.wire.trainer import (
     WeightsInfoRequest,
     WeightsInfoResponse,
 )
+from shapeyard.wire.worker import Listener
 
 router = APIRouter(prefix=routes.TRAINER_API, tags=["tinker entry"])
 MANAGED_BY = "serverless"  # the managedBy of the jobs this entry starts
-LONG_POLL_SECONDS = 25.0
 STARTUP_TIMEOUT_SECONDS = 600.0
 SEPARATOR = "."  # job ids and worker ids never contain one
 
@@ -95,11 +96,17 @@ async def _relay(
 ) -> dict[str, Any]:
     """A trainer-protocol call on one of the caller's jobs; an error answer is raised with the worker's status. A
     dict is the client's own body, passed on for the worker to validate in order."""
+    listener = _listener(control, caller, job_id)
+    return await post_json(control.worker_http, listener, routes.trainer_op(op), payload, headers)
+
+
+def _listener(control: ControlPlane, caller: Caller, job_id: str, missing: str = "") -> Listener:
+    """Where the caller's job's worker listens; `missing` prefixes the error when it has none."""
     name = _job_name(caller, job_id)
     listener = control.launcher.listener(name)
     if listener is None:
-        raise NotFound(f"trainer job {name} has no running worker")
-    return await post_json(control.worker_http, listener, routes.trainer_op(op), payload, headers)
+        raise NotFound(f"{missing}trainer job {name} has no running worker")
+    return listener
 
 
 def resolve_base_model(session: Session, caller: Caller, name: str) -> str:
@@ -229,9 +236,7 @@ async def _create_model(control: ControlPlane, caller: Caller, body: CreateModel
             result = await _relay(control, caller, job_id, "retrieve_future", request)
             if result.get("type") != "try_again":
                 break
-        if "model_id" in result and "error" not in result:
-            result["model_id"] = f"{job_id}{SEPARATOR}{result['model_id']}"
-        return result
+        return _outward(job_id, result)
     except ShapeyardError as exc:
         return RequestFailed(error=exc.message, category=ErrorCategory.USER).to_json_dict()
     except Exception as exc:
@@ -303,10 +308,7 @@ async def asample(request: Request, caller: CallerDep, control: PlaneDep) -> JSO
 @router.get("/samplers/{sampler_id}")
 async def get_sampler(sampler_id: str, caller: CallerDep, control: PlaneDep) -> Response:
     job_id, inner = split(sampler_id, "sampler id")
-    name = _job_name(caller, job_id)
-    listener = control.launcher.listener(name)
-    if listener is None:
-        raise NotFound(f"sampler {sampler_id} not found: trainer job {name} has no running worker")
+    listener = _listener(control, caller, job_id, missing=f"sampler {sampler_id} not found: ")
     target = f"{routes.TRAINER_API}/samplers/{inner}"
     status, _, content = await call_worker(control.worker_http, listener, "GET", target)
     answer = json.loads(content)

@@ -17,7 +17,7 @@ from shapeyard.wire.errors import ShapeyardError
 from shapeyard.wire.routes import WORKER_TOKEN_HEADER
 from shapeyard.wire.worker import Listener
 
-# retrieve_future long-polls for up to 25 s on the worker; the SDKs wait 45 s.
+# retrieve_future long-polls on the worker for up to LONG_POLL_SECONDS (wire.trainer); the SDKs wait 45 s.
 CALL_TIMEOUTS = {"timeout": {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 60.0}}
 # A streamed completion may take minutes to finish.
 STREAM_TIMEOUTS = {"timeout": {"connect": 5.0, "read": 600.0, "write": 60.0, "pool": 60.0}}
