@@ -27,7 +27,7 @@ from shapeyard.store.layout import JobFiles
 from shapeyard.trainer import compute
 from shapeyard.trainer.backend import ModelKind
 from shapeyard.trainer.losses import LossSpec
-from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.trainer.spmd import SpmdBackend
 from shapeyard.wire import names
 from shapeyard.wire.trainer import AdamParams, Datum, ForwardBackwardOutput, GradNormalization, LoraConfig
 
@@ -247,7 +247,7 @@ class WireBackend:
     """A backend behind the compute process's own conversions: wire requests in, wire outputs back, checkpoints
     named in the job's directory. The backend's other attributes (slots, peft model) stay reachable for checks."""
 
-    def __init__(self, backend: SingleDeviceBackend, job_dir: Path) -> None:
+    def __init__(self, backend: SpmdBackend, job_dir: Path) -> None:
         self.backend, self.checkpoints = backend, JobFiles(job_dir)
 
     def __getattr__(self, name: str) -> Any:

@@ -27,9 +27,15 @@ class Placement:
     replicas: int
     memory_gib: float  # per device, from the shape's memory plan
 
+    @property
+    def devices(self) -> int:
+        """All the devices of the job: every rank of its world."""
+        return self.count * self.nodes * self.replicas
+
     def describe(self) -> str:
         nodes = f" x {self.nodes} nodes" if self.nodes > 1 else ""
-        return f"{self.count} x {self.accelerator.accelerator_type}{nodes}"
+        replicas = f" x {self.replicas} replicas" if self.replicas > 1 else ""
+        return f"{self.count} x {self.accelerator.accelerator_type}{nodes}{replicas}"
 
 
 class WorkerState(StrEnum):

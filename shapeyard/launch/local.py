@@ -1,9 +1,14 @@
 """The default launcher: each worker is a subprocess of the server, on this machine's devices.
 
-CPU workers take one of `cpu_slots` slots (each runs torch with `threads` threads; on a small machine one thread
-per worker is much faster than two fighting over the cores). CUDA workers get whole GPUs of the shape's type,
-pinned with CUDA_VISIBLE_DEVICES. Placements that need more than one node, or devices this machine lacks, are
-refused with a message that names what is missing. Each worker starts from `<work dir>/worker-launch.json`.
+A trainer's world (`trainerReplicaCount x nodeCount x acceleratorCount` ranks) runs under torch's elastic
+launcher (`shapeyard.launch.torchrun`). CPU ranks each take one of `cpu_slots` slots (each runs torch with
+`threads` threads; on a small machine one thread per process is much faster than two fighting over the cores).
+CUDA ranks get whole GPUs of the shape's type, pinned with CUDA_VISIBLE_DEVICES. Placements that need devices
+this machine lacks, or GPUs on more than one node, are refused with a message that names what is missing.
+
+A CPU shape with `nodeCount` > 1 runs here as a test topology: one agent per node, all on this machine, meeting
+through the c10d rendezvous on loopback exactly as agents on separate machines would. Each worker starts from
+`<work dir>/worker-launch.json`; every process of a worker writes to `<work dir>/worker.log`.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import httpx
 
 from shapeyard.launch.base import Placement, WorkerState, WorkerStatus
 from shapeyard.launch.hardware import LocalHardware, detect
+from shapeyard.launch.torchrun import compute_command
 from shapeyard.wire.errors import FailedPrecondition
 from shapeyard.wire.routes import WORKER_TOKEN_HEADER
 from shapeyard.wire.shapes import DeviceKind, SmokeResult
-from shapeyard.wire.worker import Listener, TrainerWorkerSpec, WorkerLaunch, WorkerProcess, WorkerSpec
+from shapeyard.wire.worker import Listener, TrainerWorkerSpec, WorkerLaunch, WorkerProcess, WorkerSpec, WorldSpec
 
 log = logging.getLogger("shapeyard.launch")
 LOG_TAIL_LINES = 25
+STOP_SECONDS = 20.0  # an agent told to stop gives its ranks up to 15 s before it kills them
 
 
 @dataclass
@@ -38,8 +45,13 @@ class _Worker:
     log_path: Path
     kind: DeviceKind
     health_url: str
+    slots: int  # CPU slots it takes: its ranks
     gpus: list[int] = field(default_factory=list)
-    ready: bool = False  # once healthz answered, only the process is watched
+    agents: list[subprocess.Popen] = field(default_factory=list)  # a trainer's agents of further nodes
+    ready: bool = False  # once healthz answered, only the processes are watched
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [self.process, *self.agents]
 
 
 def free_port() -> int:
@@ -65,24 +77,26 @@ class LocalLauncher:
 
     def check(self, placement: Placement) -> None:
         needed = f"the shape needs {placement.describe()}"
-        if placement.nodes > 1:
-            raise FailedPrecondition(
-                f"{needed}; the local launcher runs on one machine. Run multi-node shapes with a cluster launcher"
-            )
-        if placement.replicas > 1:
-            raise FailedPrecondition(
-                f"trainerReplicaCount {placement.replicas}: the local launcher runs one trainer replica per job"
-            )
+        ranks = placement.devices
         if placement.accelerator.kind == DeviceKind.CPU:
-            if placement.memory_gib > self.hardware.memory_gib:
+            if placement.memory_gib * ranks > self.hardware.memory_gib:
                 raise FailedPrecondition(
-                    f"{needed} with {placement.memory_gib:.1f} GiB of memory; this machine has "
-                    f"{self.hardware.memory_gib:.1f} GiB"
+                    f"{needed} with {placement.memory_gib:.1f} GiB of memory for each of {ranks} rank(s); this "
+                    f"machine has {self.hardware.memory_gib:.1f} GiB"
+                )
+            if ranks > self.cpu_slots:
+                raise FailedPrecondition(
+                    f"{needed}: {ranks} CPU ranks; this server runs at most {self.cpu_slots} (cpuWorkerSlots)"
                 )
             return
+        if placement.nodes > 1:
+            raise FailedPrecondition(
+                f"{needed}; the local launcher runs GPU shapes on one machine. A multi-node GPU shape runs with a "
+                "cluster launcher (Kubernetes through Kubeflow Trainer, or Slurm)"
+            )
         name = placement.accelerator.display_name or placement.accelerator.accelerator_type
         matching = [gpu for gpu in self.hardware.gpus_of(name) if gpu.memory_gib >= placement.memory_gib]
-        if len(matching) < placement.count:
+        if len(matching) < ranks:
             found = ", ".join(gpu.name for gpu in self.hardware.gpus) or "no CUDA devices"
             raise FailedPrecondition(
                 f"{needed}; this machine has {len(matching)} matching device(s) ({found}). "
@@ -94,18 +108,21 @@ class LocalLauncher:
         name = placement.accelerator.display_name or placement.accelerator.accelerator_type
         return [gpu.index for gpu in self.hardware.gpus_of(name) if gpu.index not in taken]
 
-    def _cpu_workers(self) -> int:
-        return sum(1 for worker in self._workers.values() if worker.kind == DeviceKind.CPU)
+    def _cpu_slots_used(self) -> int:
+        return sum(worker.slots for worker in self._workers.values() if worker.kind == DeviceKind.CPU)
 
     def has_capacity(self, placement: Placement) -> bool:
         with self._lock:
             if placement.accelerator.kind == DeviceKind.CPU:
-                return self._cpu_workers() < self.cpu_slots
-            return len(self._free_gpus(placement)) >= placement.count
+                return self._cpu_slots_used() + placement.devices <= self.cpu_slots
+            return len(self._free_gpus(placement)) >= placement.devices
 
     def capacity_message(self, placement: Placement) -> str:
         if placement.accelerator.kind == DeviceKind.CPU:
-            return f"waiting for a CPU worker slot ({self._cpu_workers()} of {self.cpu_slots} in use)"
+            return (
+                f"waiting for {placement.devices} CPU worker slot(s) ({self._cpu_slots_used()} of {self.cpu_slots} "
+                "in use)"
+            )
         return f"waiting for {placement.describe()} to be free"
 
     def _environment(self, gpus: list[int]) -> dict[str, str]:
@@ -119,7 +136,25 @@ class LocalLauncher:
         }
 
     def _gpus_for(self, placement: Placement) -> list[int]:
-        return [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.count]
+        return [] if placement.accelerator.kind == DeviceKind.CPU else self._free_gpus(placement)[: placement.devices]
+
+    @staticmethod
+    def _world(placement: Placement, name: str) -> WorldSpec:
+        """One agent per node, each with its node's ranks of every replica; on loopback when there are several."""
+        return WorldSpec(
+            nodes=placement.nodes,
+            procs_per_node=placement.count * placement.replicas,
+            replicas=placement.replicas,
+            rendezvous=f"127.0.0.1:{free_port()}" if placement.nodes > 1 else "",
+            run_id=name.replace("/", "-"),
+        )
+
+    def _process(self, spec: WorkerSpec, placement: Placement, gpus: list[int], name: str) -> WorkerProcess:
+        device = "cuda" if gpus else "cpu"
+        if not isinstance(spec, TrainerWorkerSpec):
+            return WorkerProcess(device=device, threads=self.threads)
+        link = Listener(port=free_port(), token=secrets.token_hex(16))
+        return WorkerProcess(device=device, threads=self.threads, world=self._world(placement, name), compute=link)
 
     def _write_launch(self, spec: WorkerSpec, process: WorkerProcess, file_name: str) -> Path:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
@@ -128,59 +163,72 @@ class LocalLauncher:
         return path
 
     def smoke(self, spec: TrainerWorkerSpec, placement: Placement, timeout: float = 900.0) -> SmokeResult | str:
-        """Run the smoke step in a subprocess on this machine's devices (the placement passed `check`); a string
-        says why it cannot run now."""
+        """Run the smoke step at the shape's world size on this machine's devices (the placement passed `check`);
+        a string says why it cannot run now."""
         gpus = self._gpus_for(placement)
-        if len(gpus) < placement.count and placement.accelerator.kind != DeviceKind.CPU:
+        if len(gpus) < placement.devices and placement.accelerator.kind != DeviceKind.CPU:
             return f"the {placement.describe()} it needs are busy"
-        process = WorkerProcess(device="cuda" if gpus else "cpu", threads=self.threads)
+        process = self._process(spec, placement, gpus, f"smoke-{secrets.token_hex(3)}")
         path = self._write_launch(spec, process, "smoke-launch.json")
-        done = subprocess.run(
-            [sys.executable, "-m", "shapeyard.trainer.smoke", "--launch", str(path)],
-            capture_output=True,
-            text=True,
-            env=self._environment(gpus),
-            timeout=timeout,
-        )
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            tail = "\n".join(done.stderr.strip().splitlines()[-LOG_TAIL_LINES:])
+        result_path = spec.smoke_result
+        result_path.unlink(missing_ok=True)
+        log_path = spec.work_dir / "smoke.log"
+        with log_path.open("a") as log_file:
+            command = compute_command(process.world, path, spec.smoke_module)
+            children = [  # one agent per node, as for the job
+                subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self._environment(gpus))
+                for _ in range(process.world.nodes)
+            ]
+            try:
+                codes = [child.wait(timeout=timeout) for child in children]
+            except subprocess.TimeoutExpired:
+                for child in children:
+                    child.kill()
+                codes = [child.wait() for child in children]
+        if any(codes) or not result_path.exists():
             return SmokeResult(
                 device=process.device,
                 peak_memory_gib=0.0,
                 step_seconds=0.0,
                 tokens=spec.max_context_length,
                 passed=False,
-                detail=f"the smoke step exited with code {done.returncode}:\n{tail}",
+                detail=f"the smoke step exited with code {max(codes, key=abs)}:\n{log_tail(log_path)}",
             )
-        return SmokeResult.model_validate_json(lines[-1])
+        return SmokeResult.model_validate_json(result_path.read_text())
 
     def start(self, name: str, spec: WorkerSpec, placement: Placement) -> None:
         with self._lock:
             gpus = self._gpus_for(placement)
             listener = Listener(port=free_port(), token=secrets.token_hex(16))
-            process = WorkerProcess(device="cuda" if gpus else "cpu", threads=self.threads, listener=listener)
+            process = self._process(spec, placement, gpus, name).model_copy(update={"listener": listener})
             path = self._write_launch(spec, process, "worker-launch.json")
             log_path = spec.work_dir / "worker.log"
             with log_path.open("a") as log_file:
-                child = subprocess.Popen(
-                    [sys.executable, "-m", spec.module, "--launch", str(path)],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=self._environment(gpus),
-                    cwd=spec.work_dir,
-                )
+
+                def run(command: list[str]) -> subprocess.Popen:
+                    env = self._environment(gpus)
+                    return subprocess.Popen(
+                        command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=spec.work_dir
+                    )
+
+                child = run([sys.executable, "-m", spec.module, "--launch", str(path)])
+                # the HTTP process starts the first node's agent; these are the others'
+                agents = [run(compute_command(process.world, path)) for _ in range(process.world.nodes - 1)]
             health = f"{listener.url}{spec.health_path}"
-            self._workers[name] = _Worker(child, listener, log_path, placement.accelerator.kind, health, gpus)
+            slots = placement.devices if placement.accelerator.kind == DeviceKind.CPU else 0
+            kind = placement.accelerator.kind
+            self._workers[name] = _Worker(child, listener, log_path, kind, health, slots, gpus, agents)
         log.info("started worker for %s (pid %d, %s)", name, child.pid, listener.url)
 
     def status(self, name: str) -> WorkerStatus | None:
         worker = self._workers.get(name)
         if worker is None:
             return None
-        code = worker.process.poll()
-        if code is not None:
-            return WorkerStatus(WorkerState.EXITED, f"worker exited with code {code}:\n{log_tail(worker.log_path)}")
+        for process in worker.processes():
+            code = process.poll()
+            if code is not None:
+                detail = f"worker exited with code {code}:\n{log_tail(worker.log_path)}"
+                return WorkerStatus(WorkerState.EXITED, detail)
         if not worker.ready:
             try:
                 response = self._http.get(worker.health_url, headers={WORKER_TOKEN_HEADER: worker.listener.token})
@@ -202,12 +250,14 @@ class LocalLauncher:
             worker = self._workers.pop(name, None)
         if worker is None:
             return
-        worker.process.terminate()
-        try:
-            worker.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
+        for process in worker.processes():
+            process.terminate()
+        for process in worker.processes():
+            try:
+                process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.info("stopped worker for %s", name)
 
     def close(self) -> None:

@@ -58,16 +58,20 @@ def setup_process() -> None:
     retain_freed_memory()
 
 
-def read_launch(spec_type: type[S], description: str) -> WorkerLaunch[S]:
-    """What the launcher wrote for this process (`--launch <file>`)."""
+def launch_path(description: str) -> Path:
+    """The file the launcher wrote for this process (`--launch <file>`)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--launch", required=True, help="the worker-launch JSON written by the launcher")
-    return WorkerLaunch[spec_type].model_validate_json(Path(parser.parse_args().launch).read_text())
+    parser.add_argument("--launch", required=True, type=Path, help="the worker-launch JSON written by the launcher")
+    return parser.parse_args().launch
 
 
-def start_worker(spec_type: type[S], description: str) -> WorkerLaunch[S]:
+def read_launch(spec_type: type[S], path: Path) -> WorkerLaunch[S]:
+    return WorkerLaunch[spec_type].model_validate_json(path.read_text())
+
+
+def start_worker(spec_type: type[S], path: Path) -> WorkerLaunch[S]:
     """What the launcher wrote for this worker, with the process set up. Torch threads are the business of the
     process that runs torch (`process.threads`); a worker's HTTP process does not import torch at all."""
-    launch = read_launch(spec_type, description)
+    launch = read_launch(spec_type, path)
     setup_process()
     return launch

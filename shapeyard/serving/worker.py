@@ -23,7 +23,7 @@ from shapeyard.models.loading import weights_path
 from shapeyard.models.sampling import DecodingParams, GenerationRequest, SamplingBackend, SnapshotError
 from shapeyard.models.transformers_sampler import TransformersSampler
 from shapeyard.runtime.http import gateway_only, install_error_handlers, json_response
-from shapeyard.runtime.process import start_worker
+from shapeyard.runtime.process import launch_path, start_worker
 from shapeyard.serving import responses
 from shapeyard.serving.batcher import Batcher
 from shapeyard.wire import routes
@@ -152,7 +152,7 @@ def create_worker_app(spec: DeploymentWorkerSpec, token: str, backend: SamplingB
 
 
 def main() -> None:
-    launch = start_worker(DeploymentWorkerSpec, __doc__)
+    launch = start_worker(DeploymentWorkerSpec, launch_path(__doc__))
     spec, process = launch.spec, launch.process
     assert process.listener is not None, "a deployment worker serves HTTP"
     torch.set_num_threads(process.threads)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from shapeyard.wire.errors import NotFound
 from shapeyard.wire.names import check_checkpoint_name, checkpoint_ref
@@ -39,7 +39,7 @@ class CheckpointMeta(BaseModel):
     base_model: str
     loss_tokens: int = 0
     loss_sequences: int = 0
-    param_groups: list[dict[str, Any]] | None = Field(default=None)  # the optimizer's, when saved with it
+    optimizer: bool = False  # saved with the optimizer's state
 
 
 class JobFiles:

@@ -1,67 +1,48 @@
 """Training checkpoints on disk: trainable weights, optimizer state and what they belong to.
 
-    <checkpoint dir>/weights.safetensors    trainable weights (all of them, or the adapter)
-                     optimizer.safetensors  AdamW moments and step counts (when saved with state)
+    <checkpoint dir>/.metadata, *.distcp    torch.distributed.checkpoint (DCP): each rank writes its own shards
                      meta.json              `shapeyard.store.layout.CheckpointMeta`
 
-Where checkpoints live is `shapeyard.store.layout`'s business. Tensors are stored exactly (no dtype change), so
-loading a state resumes bit for bit; a checkpoint is written under a staging name and renamed when complete.
+Tensors are keyed by parameter name (`weights.<name>`, `optimizer.<name>.<exp_avg|exp_avg_sq|step>`), never by
+rank or position, so a checkpoint saved at one world size loads at any other: DCP reads each rank's part out of
+whichever shards hold it. Tensors keep their dtype, so loading a state resumes bit for bit. A checkpoint is
+written under a staging name and renamed by rank 0 once every rank has written its part.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed.checkpoint as dcp
+from torch import Tensor
 
-from shapeyard.store.layout import CheckpointMeta, read_meta, write_meta
-from shapeyard.wire.errors import InvalidArgument
+from shapeyard.store.layout import CheckpointMeta, write_meta
+from shapeyard.trainer.world import World
 
-
-def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    tensors = {
-        f"state.{index}.{key}": value.detach().clone().contiguous()
-        for index, entry in state["state"].items()
-        for key, value in entry.items()
-    }
-    return tensors, state["param_groups"]
+# weights: name -> tensor; optimizer: name -> AdamW's per-parameter state
+TrainingState = dict[str, dict[str, Tensor] | dict[str, dict[str, Tensor]]]
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict[str, Any]]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, index, field = key.split(".", 2)
-        state.setdefault(int(index), {})[field] = value
-    return {"state": state, "param_groups": param_groups}
-
-
-def save_training(
-    target: Path, weights: dict[str, torch.Tensor], optimizer: dict[str, Any] | None, meta: CheckpointMeta
-) -> None:
+def save_training(target: Path, state: TrainingState, meta: CheckpointMeta, world: World) -> None:
+    """A collective: every rank calls it with its part of the state (DTensors, or the same replicated tensors)."""
     staging = target.with_name(f".{target.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in weights.items()}, staging / "weights.safetensors")
-    if optimizer is not None:
-        tensors, groups = flatten_optimizer(optimizer)
-        save_file(tensors, staging / "optimizer.safetensors")
-        meta = meta.model_copy(update={"param_groups": groups})
-    write_meta(staging, meta)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    if world.leader:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    world.barrier()
+    dcp.save(state, checkpoint_id=staging)
+    if world.leader:
+        write_meta(staging, meta)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
 
 
-def load_training(
-    directory: Path, with_optimizer: bool
-) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, CheckpointMeta]:
-    meta = read_meta(directory)
-    weights = load_file(directory / "weights.safetensors")
-    optimizer = None
-    if with_optimizer:
-        if not (directory / "optimizer.safetensors").exists() or meta.param_groups is None:
-            raise InvalidArgument(f"checkpoint {directory.name} has no optimizer state; load it without optimizer")
-        optimizer = unflatten_optimizer(load_file(directory / "optimizer.safetensors"), meta.param_groups)
-    return weights, optimizer, meta
+def stored_keys(directory: Path) -> set[str]:
+    """The flattened keys a checkpoint holds (`weights.<name>`, `optimizer.<name>.<field>`)."""
+    return set(dcp.FileSystemReader(directory).read_metadata().state_dict_metadata)
+
+
+def load_training(directory: Path, state: TrainingState) -> None:
+    """Fill `state`'s tensors in place from the checkpoint, each rank its own part (a collective)."""
+    dcp.load(state, checkpoint_id=directory)

@@ -1,26 +1,31 @@
 """The trainer worker's compute process: owns the model and runs the protocol's operations one after another.
 
-    python -m shapeyard.trainer.compute --fd <socket>
+    python -m shapeyard.trainer.compute --launch <file>                       a world of one
+    python -m torch.distributed.run ... -m shapeyard.trainer.compute --launch <file>   one per rank
 
-Started by the worker's HTTP process (`shapeyard.trainer.worker`), which sends it the worker's launch and then
-calls, in order, over the socket (see `shapeyard.trainer.ipc`). It has one thread that matters, so the training
-step has the GIL to itself. Here the wire meets the backend: requests are validated and converted into the
-backend's types (`shapeyard.trainer.backend`), and results back, and checkpoint names become directories.
+Started by the worker's HTTP process (`shapeyard.trainer.worker`), directly or through torch's elastic launcher
+(`shapeyard.launch.torchrun`). Rank 0 connects back to the HTTP process, which sends it calls in order (see
+`shapeyard.trainer.ipc`); it runs them and sends each on to the other ranks (`LeaderBackend`, `follow`), so that
+every rank runs the same calls in the same order. Each process has one thread that matters, so the training step
+has the GIL to itself. Here the wire meets the backend: requests are validated and converted into the backend's
+types (`shapeyard.trainer.backend`), and results back, and checkpoint names become directories.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import gc
 import logging
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
 
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.models.transformers_sampler import TransformersSampler
-from shapeyard.runtime.process import setup_process
+from shapeyard.runtime.process import launch_path, read_launch, setup_process
 from shapeyard.store.layout import JobFiles
 from shapeyard.trainer.backend import (
     AdamStep,
@@ -28,12 +33,15 @@ from shapeyard.trainer.backend import (
     BackendConfig,
     Example,
     ForwardResult,
+    ModelInfo,
     ModelKind,
+    Normalization,
     TrainerBackend,
 )
 from shapeyard.trainer.ipc import READY, Call, Reply
 from shapeyard.trainer.sampling import SamplingSessions
-from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.trainer.spmd import SpmdBackend
+from shapeyard.trainer.world import World, join_world
 from shapeyard.wire import names
 from shapeyard.wire.errors import InvalidArgument, NotFound, ShapeyardError, validation_message
 from shapeyard.wire.trainer import (
@@ -207,13 +215,73 @@ class TrainerService:
         return SaveWeightsForSamplerResponse(path=path, sampling_session_id=session)
 
 
-def build_service(launch: WorkerLaunch[TrainerWorkerSpec]) -> TrainerService:
-    spec, device = launch.spec, launch.process.device
+class LeaderBackend:
+    """The backend as rank 0's service sees it: a call that changes state, or needs the other ranks' collectives,
+    is first sent to every rank, which then all run it together (`follow`). Reads stay local."""
+
+    def __init__(self, backend: SpmdBackend) -> None:
+        self._backend = backend
+        self.config, self.vocab_size = backend.config, backend.vocab_size
+
+    def _everywhere(self, method: str, *args: Any) -> Any:
+        self._backend.world.broadcast((method, args))
+        return getattr(self._backend, method)(*args)
+
+    def create_model(self, adapter: AdapterSpec | None, base_only: bool) -> tuple[str, ModelKind]:
+        return self._everywhere("create_model", adapter, base_only)
+
+    def info(self, model_id: str) -> ModelInfo:
+        return self._backend.info(model_id)
+
+    def unload(self, model_id: str) -> None:
+        self._everywhere("unload", model_id)
+
+    def forward(
+        self,
+        model_id: str,
+        examples: list[Example],
+        loss_fn: str,
+        loss_fn_config: dict[str, Any] | None,
+        backward: bool,
+    ) -> ForwardResult:
+        return self._everywhere("forward", model_id, examples, loss_fn, loss_fn_config, backward)
+
+    def optim_step(self, model_id: str, adam: AdamStep, normalization: Normalization) -> dict[str, float]:
+        return self._everywhere("optim_step", model_id, adam, normalization)
+
+    def save_state(self, model_id: str, directory: Path) -> None:
+        self._everywhere("save_state", model_id, directory)
+
+    def load_state(self, model_id: str, directory: Path, with_optimizer: bool) -> None:
+        self._everywhere("load_state", model_id, directory, with_optimizer)
+
+    def save_for_sampler(self, model_id: str, directory: Path) -> None:
+        self._everywhere("save_for_sampler", model_id, directory)
+
+    def stop(self) -> None:
+        """Tell the other ranks that no call follows."""
+        self._backend.world.broadcast((None, ()))
+
+
+def follow(backend: SpmdBackend) -> None:
+    """The loop of every rank but 0: run what rank 0 runs, in the same order, until it says stop. A call that fails
+    here with the client's error fails identically on rank 0, which answers it; anything else ends this rank, and
+    torch's launcher then stops the world."""
+    while True:
+        method, args = backend.world.broadcast(None)
+        if method is None:
+            return
+        with contextlib.suppress(ShapeyardError):
+            getattr(backend, method)(*args)
+
+
+def build_backend(launch: WorkerLaunch[TrainerWorkerSpec], world: World) -> SpmdBackend:
+    spec = launch.spec
     path = weights_path(spec.weights)
     config = BackendConfig(
         base_model=spec.base_model,
         model_path=path,
-        device=device,
+        device=world.device,
         max_context_length=spec.max_context_length,
         lora_rank=spec.lora_rank,
         max_lora_rank=spec.max_lora_rank,
@@ -221,7 +289,14 @@ def build_service(launch: WorkerLaunch[TrainerWorkerSpec]) -> TrainerService:
         activation_checkpointing=spec.activation_checkpointing,
         seed=spec.seed,
     )
-    backend = SingleDeviceBackend(config, load_model(path, device), load_tokenizer(path))
+    # beyond one rank the whole model is read into host memory and FSDP moves each rank's shards to its device
+    model = load_model(path, world.device if world.size == 1 else "cpu")
+    return SpmdBackend(config, model, load_tokenizer(path), world)
+
+
+def build_service(spec: TrainerWorkerSpec, backend: TrainerBackend) -> TrainerService:
+    """Rank 0's service: the protocol on the backend, and the tinker client's sampling sessions."""
+    path, device = backend.config.model_path, backend.config.device
     files = JobFiles(spec.work_dir)
     sampling = SamplingSessions(
         spec.base_model, lambda: TransformersSampler(path, device, spec.max_context_length), files
@@ -229,30 +304,44 @@ def build_service(launch: WorkerLaunch[TrainerWorkerSpec]) -> TrainerService:
     return TrainerService(spec, backend, files, sampling)
 
 
-def serve(service: TrainerService, connection: Connection) -> None:
-    """Run calls in the order they arrive until the HTTP process closes the socket."""
+def serve(service: TrainerService, link: Connection) -> None:
+    """Run calls in the order they arrive until the HTTP process closes the link."""
     while True:
         try:
-            request_id, call = connection.recv()
+            request_id, call = link.recv()
         except (EOFError, OSError):
             return
-        connection.send(service.reply(request_id, call))
+        link.send(service.reply(request_id, call))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fd", type=int, required=True, help="the socket to the worker's HTTP process")
-    connection = Connection(parser.parse_args().fd)
-    launch = WorkerLaunch[TrainerWorkerSpec].model_validate_json(connection.recv_bytes())
+    launch = read_launch(TrainerWorkerSpec, launch_path(__doc__))
     setup_process()
     torch.set_num_threads(launch.process.threads)
-    log.info("loading %s on %s for %s", launch.spec.base_model, launch.process.device, launch.spec.job_name)
-    service = build_service(launch)
+    world = join_world(launch.process.device, launch.process.world.replicas)
+    log.info(
+        "rank %d of %d: loading %s on %s for %s",
+        world.rank,
+        world.size,
+        launch.spec.base_model,
+        world.device,
+        launch.spec.job_name,
+    )
+    backend = build_backend(launch, world)
     # What is loaded by now lives as long as the process. Frozen out of the collector's sight, a full collection
     # takes under 1 ms instead of ~200 ms (measured on the tiny model), a pause a training step would wait through.
     gc.freeze()
-    connection.send(READY)
-    serve(service, connection)
+    if world.leader:
+        address = launch.process.compute
+        assert address is not None, "the launcher gives a trainer a link for its rank 0"
+        link = Client((address.host, address.port), authkey=address.token.encode())
+        leader = LeaderBackend(backend)
+        link.send(READY)
+        serve(build_service(launch.spec, leader if world.size > 1 else backend), link)
+        leader.stop()
+    else:
+        follow(backend)
+    world.close()
 
 
 if __name__ == "__main__":

@@ -5,26 +5,29 @@ the compute process (`shapeyard.trainer.compute`) owns the model and runs one ca
 processes so that request handling never competes with the training step for the GIL: with the tiny model on CPU a
 step is mostly Python dispatch, and an event loop in the same process slowed it measurably.
 
-The worker's launch (as JSON), then calls, go down a socket pair as pickled `(request_id, Call)`; each comes back as
-a `Reply`, in the same order.
+The compute process is a world of ranks (`shapeyard.trainer.world`); its rank 0 connects to the HTTP process over
+loopback, proving itself with the launch's token, and says READY once every rank has loaded the model. Calls go
+down that link as pickled `(request_id, Call)`; each comes back as a `Reply`, in the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing import connection
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from shapeyard.launch.torchrun import compute_command
 from shapeyard.wire.errors import ShapeyardError
 from shapeyard.wire.trainer import ErrorCategory, Op, RequestFailed
 from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
@@ -83,41 +86,57 @@ def _failure(message: str, category: ErrorCategory) -> bytes:
 
 
 class ComputeProcess:
-    """The compute process, seen from the HTTP process: started with the worker's launch, fed calls in order."""
+    """The compute world, seen from the HTTP process: its first agent (or only process) is started here, rank 0
+    connects back over loopback with the launch's token, and calls are fed to it in order."""
 
-    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec]) -> None:
-        ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "shapeyard.trainer.compute", "--fd", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-        )
-        theirs.close()
-        self._socket = ours  # kept to shut down: that wakes the reply reader and ends the compute process's loop
-        self._connection = Connection(os.dup(ours.fileno()))
-        self._connection.send_bytes(launch.model_dump_json().encode())
+    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec], launch_file: Path) -> None:
+        link = launch.process.compute
+        assert link is not None, "the launcher gives a trainer a link for its rank 0"
+        self._listener = connection.Listener((link.host, link.port), authkey=link.token.encode())
+        # its own session, so that stopping it reaches the agent and not this process
+        self.process = subprocess.Popen(compute_command(launch.process.world, launch_file), start_new_session=True)
+        self._connection: connection.Connection | None = None
+        self._socket: socket.socket | None = None
         self._closing = False
 
+    def _accept(self) -> connection.Connection | None:
+        """Rank 0's connection, or None if the compute process (or agent) exited first."""
+        accepted: list[connection.Connection] = []
+        waiter = threading.Thread(target=lambda: accepted.append(self._listener.accept()), daemon=True)
+        waiter.start()
+        while waiter.is_alive() and self.process.poll() is None:
+            waiter.join(0.2)
+        waiter.join(0.2)
+        return accepted[0] if accepted else None
+
     def wait_ready(self) -> None:
-        """Block until the model is loaded; exit this process if the compute process died loading it."""
-        try:
-            message = self._connection.recv()
-        except EOFError:
-            message = None
+        """Block until the model is loaded on every rank; exit this process if the compute world died loading it."""
+        self._connection = self._accept()
+        message = None
+        if self._connection is not None:
+            # kept to shut down: that wakes the reply reader and ends rank 0's loop
+            self._socket = socket.socket(fileno=os.dup(self._connection.fileno()))
+            with contextlib.suppress(EOFError):
+                message = self._connection.recv()
+        self._listener.close()
         if message != READY:
             raise SystemExit(f"the compute process exited with code {self.process.wait()} while loading the model")
         log.info("compute process %d is ready", self.process.pid)
 
     def send(self, request_id: str, call: Call) -> None:
+        assert self._connection is not None
         self._connection.send((request_id, call))
 
     def deliver_replies(self, resolve: Callable[[Reply], None]) -> None:
-        """Hand every reply to `resolve`, on a thread of its own. If the compute process dies, so does this one:
-        the launcher then reports the job FAILED with the log, which holds the compute process's last words."""
+        """Hand every reply to `resolve`, on a thread of its own. If the compute world dies, so does this process:
+        the launcher then reports the job FAILED with the log, which holds the failed rank's last words."""
+        assert self._connection is not None
+        reader = self._connection
 
         def read() -> None:
             while True:
                 try:
-                    reply = self._connection.recv()
+                    reply = reader.recv()
                 except (EOFError, OSError):
                     if self._closing:
                         return
@@ -128,12 +147,18 @@ class ComputeProcess:
         threading.Thread(target=read, name="shapeyard-replies", daemon=True).start()
 
     def stop(self) -> None:
-        """Shutting the socket down ends the compute process's loop; it gets STOP_SECONDS to finish its call."""
+        """Shutting the link down ends rank 0's loop, and it tells the other ranks; they get STOP_SECONDS to finish
+        their call. An agent told to stop stops its ranks first."""
         self._closing = True
-        self._socket.shutdown(socket.SHUT_RDWR)
-        self._socket.close()
+        if self._socket is not None:
+            self._socket.shutdown(socket.SHUT_RDWR)
+            self._socket.close()
         try:
             self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,23 +1,25 @@
 """The smoke step of validation: a real step of a shape on real hardware.
 
-    python -m shapeyard.trainer.smoke --launch <worker launch file>
+    python -m shapeyard.trainer.smoke --launch <worker launch file>                         a world of one
+    python -m torch.distributed.run ... -m shapeyard.trainer.smoke --launch <file>          the shape's world
 
-Loads the model as the trainer would, runs one forward_backward on a sequence of maxSupportedContextLength tokens
-and one optim_step (a forward pass only for forward-only shapes), and prints a SmokeResult (JSON) with the peak
-memory and the step time. Runs in its own process so that its peak memory is its own.
+Loads the model as the trainer would, at the shape's world size, runs one forward_backward on a sequence of
+maxSupportedContextLength tokens per rank and one optim_step (a forward pass only for forward-only shapes), and
+rank 0 prints a SmokeResult (JSON) with the largest peak memory of any rank and the step time. Runs in processes
+of its own so that their peak memory is their own.
 """
 
 from __future__ import annotations
 
 import resource
-import sys
 import time
 
 import torch
 
-from shapeyard.runtime.process import read_launch, retain_freed_memory
+from shapeyard.runtime.process import launch_path, read_launch, retain_freed_memory
 from shapeyard.trainer.backend import AdamStep, AdapterSpec, Example, ModelKind
-from shapeyard.trainer.compute import build_service
+from shapeyard.trainer.compute import build_backend
+from shapeyard.trainer.world import World, join_world
 from shapeyard.wire.shapes import SmokeResult
 from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
 
@@ -28,9 +30,9 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kilobytes on Linux
 
 
-def smoke(launch: WorkerLaunch[TrainerWorkerSpec]) -> SmokeResult:
+def smoke(launch: WorkerLaunch[TrainerWorkerSpec], world: World) -> SmokeResult:
     spec, device = launch.spec, launch.process.device
-    backend = build_service(launch).backend
+    backend = build_backend(launch, world)
     lora = AdapterSpec(rank=spec.lora_rank) if spec.lora_rank else None
     model_id, kind = backend.create_model(lora, base_only=False)
     generator = torch.Generator().manual_seed(0)
@@ -38,7 +40,7 @@ def smoke(launch: WorkerLaunch[TrainerWorkerSpec]) -> SmokeResult:
     example = Example(tokens[:-1], {"target_tokens": tokens[1:]})
     began = time.perf_counter()
     trains = kind != ModelKind.FROZEN
-    backend.forward(model_id, [example], "cross_entropy", None, backward=trains)
+    backend.forward(model_id, [example] * world.size, "cross_entropy", None, backward=trains)
     if trains:
         backend.optim_step(model_id, AdamStep(learning_rate=1e-6), None)
     if device.startswith("cuda"):
@@ -46,7 +48,7 @@ def smoke(launch: WorkerLaunch[TrainerWorkerSpec]) -> SmokeResult:
     seconds = time.perf_counter() - began
     return SmokeResult(
         device=device,
-        peak_memory_gib=round(peak_memory_gib(device), 3),
+        peak_memory_gib=round(max(world.all_gather(peak_memory_gib(device))), 3),
         step_seconds=round(seconds, 3),
         tokens=spec.max_context_length,
         passed=True,
@@ -54,11 +56,12 @@ def smoke(launch: WorkerLaunch[TrainerWorkerSpec]) -> SmokeResult:
 
 
 def main() -> None:
-    launch = read_launch(TrainerWorkerSpec, __doc__)
+    launch = read_launch(TrainerWorkerSpec, launch_path(__doc__))
     torch.set_num_threads(launch.process.threads)
     retain_freed_memory()  # as the worker's compute process does, so that the step time is the worker's
+    world = join_world(launch.process.device, launch.process.world.replicas)
     try:
-        result = smoke(launch)
+        result = smoke(launch, world)
     except Exception as exc:  # reported, not raised: a failed smoke step is a validation outcome
         result = SmokeResult(
             device=launch.process.device,
@@ -68,7 +71,9 @@ def main() -> None:
             passed=False,
             detail=f"{type(exc).__name__}: {exc}",
         )
-    sys.stdout.write(result.model_dump_json() + "\n")
+    if world.leader:  # the launcher reads it
+        launch.spec.smoke_result.write_text(result.model_dump_json())
+    world.close()
 
 
 if __name__ == "__main__":

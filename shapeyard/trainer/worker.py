@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from shapeyard.runtime.http import gateway_only, install_error_handlers, json_response
-from shapeyard.runtime.process import start_worker
+from shapeyard.runtime.process import launch_path, start_worker
 from shapeyard.trainer.ipc import Call, ComputeProcess
 from shapeyard.trainer.sequencer import Sequencer
 from shapeyard.wire import routes
@@ -157,10 +157,11 @@ def create_worker_app(spec: TrainerWorkerSpec, token: str, sequencer: Sequencer)
 
 
 def main() -> None:
-    launch = start_worker(TrainerWorkerSpec, __doc__)
+    path = launch_path(__doc__)
+    launch = start_worker(TrainerWorkerSpec, path)
     listener = launch.process.listener
     assert listener is not None, "a trainer worker serves HTTP"
-    compute = ComputeProcess(launch)
+    compute = ComputeProcess(launch, path)
     compute.wait_ready()
     sequencer = Sequencer(compute.send)
     compute.deliver_replies(sequencer.resolve)

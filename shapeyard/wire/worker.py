@@ -30,6 +30,8 @@ class WorkerSpec(BaseModel):
 class TrainerWorkerSpec(WorkerSpec):
     module: ClassVar[str] = "shapeyard.trainer.worker"
     health_path: ClassVar[str] = routes.TRAINER_HEALTH
+    compute_module: ClassVar[str] = "shapeyard.trainer.compute"  # every rank of the job's world runs it
+    smoke_module: ClassVar[str] = "shapeyard.trainer.smoke"  # validation's smoke step, at the same world size
 
     job_name: str
     trainer_mode: TrainerMode
@@ -39,6 +41,11 @@ class TrainerWorkerSpec(WorkerSpec):
     activation_checkpointing: bool
     resume_from: Path | None = None  # a training checkpoint the first model loads, weights and optimizer
     seed: int = 0
+
+    @property
+    def smoke_result(self) -> Path:
+        """Where the smoke step's rank 0 writes its SmokeResult."""
+        return self.work_dir / "smoke-result.json"
 
 
 class Snapshot(BaseModel):
@@ -69,12 +76,29 @@ class Listener(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+class WorldSpec(BaseModel):
+    """A trainer's torch.distributed world as torch's elastic launcher starts it: `nodes` agents of
+    `procs_per_node` ranks each, meeting at the c10d rendezvous (one agent alone runs standalone)."""
+
+    nodes: int = 1
+    procs_per_node: int = 1
+    replicas: int = 1  # data-parallel copies of the sharded model: the mesh's replicate dimension
+    rendezvous: str = ""  # host:port of the c10d rendezvous store; unused when nodes == 1
+    run_id: str = "shapeyard"
+
+    @property
+    def size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+
 class WorkerProcess(BaseModel):
     """What the launcher decides for a worker process."""
 
     device: str  # "cpu" or "cuda" (the launcher pins which GPUs with CUDA_VISIBLE_DEVICES)
-    threads: int  # torch threads
+    threads: int  # torch threads per process (per rank for a trainer)
     listener: Listener | None = None  # None for a process that serves no HTTP (validation's smoke step)
+    world: WorldSpec = WorldSpec()  # a trainer's ranks
+    compute: Listener | None = None  # where the trainer's HTTP process waits for its rank 0
 
 
 S = TypeVar("S", bound=WorkerSpec)

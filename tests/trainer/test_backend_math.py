@@ -16,7 +16,8 @@ from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
 from shapeyard.trainer.backend import BackendConfig
 from shapeyard.trainer.losses import loss_spec
-from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.trainer.spmd import SpmdBackend
+from shapeyard.trainer.world import World
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument
 from shapeyard.wire.trainer import AdamParams, Datum, GradNormalization, LoraConfig, ModelInput, TensorData
 from tests.helpers import WireBackend
@@ -73,7 +74,9 @@ def bare_backend(path: str, job_dir: Path, rank: int = 0, *, forward_only: bool 
         activation_checkpointing=False,
         seed=seed,
     )
-    return WireBackend(SingleDeviceBackend(config, load_model(path, "cpu"), load_tokenizer(path)), job_dir)
+    return WireBackend(
+        SpmdBackend(config, load_model(path, "cpu"), load_tokenizer(path), World(rank=0, size=1, device="cpu")), job_dir
+    )
 
 
 def make_backend(

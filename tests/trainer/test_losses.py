@@ -15,7 +15,8 @@ from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
 from shapeyard.trainer.backend import BackendConfig
 from shapeyard.trainer.losses import resolve_config
-from shapeyard.trainer.single_device import SingleDeviceBackend
+from shapeyard.trainer.spmd import SpmdBackend
+from shapeyard.trainer.world import World
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.wire.trainer import Datum, ImageChunk, LoraConfig, ModelInput, TensorData
 from tests.helpers import WireBackend
@@ -39,7 +40,9 @@ def make_backend(path: str, job_dir: Path, rank: int = 0) -> tuple[WireBackend, 
         activation_checkpointing=False,
         seed=0,
     )
-    backend = WireBackend(SingleDeviceBackend(config, load_model(path, "cpu"), load_tokenizer(path)), job_dir)
+    backend = WireBackend(
+        SpmdBackend(config, load_model(path, "cpu"), load_tokenizer(path), World(rank=0, size=1, device="cpu")), job_dir
+    )
     model_id, _ = backend.create_model(LoraConfig(rank=rank, alpha=32) if rank else LoraConfig(rank=0), base_only=False)
     return backend, model_id
 
@@ -448,7 +451,7 @@ METRIC_CASES = [
 def test_rl_metrics_match_independent_computation(backend, cases, case, micro_batches, monkeypatch) -> None:
     loss_fn, family, config = case
     if micro_batches:
-        monkeypatch.setattr("shapeyard.trainer.single_device.LOGITS_BUDGET", VOCAB)  # room for one token's logits
+        monkeypatch.setattr("shapeyard.trainer.spmd.LOGITS_BUDGET", VOCAB)  # room for one token's logits
     trainer, model_id = backend
     items = cases[family]
     out = trainer.forward(model_id, [datum(item["tokens"], **item["inputs"]) for item in items], loss_fn, config, False)

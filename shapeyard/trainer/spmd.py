@@ -1,8 +1,17 @@
-"""The single-device trainer backend: the whole model on one device (a GPU, or the CPU), transformers and peft.
+"""The trainer backend: one program on every rank of the job's world (SPMD), transformers and peft underneath.
 
-LoRA adapters are peft adapters on the base model, one per model id; base-only references run with the adapter
-disabled. Batches are split into micro-batches whose logits stay under a fixed budget, and their gradients
-accumulate apart from the pending ones until the whole request has succeeded (see `TrainerBackend`).
+At world size 1 the whole model sits on one device. Beyond, FSDP2 shards it over the ranks (`World.shard`: each
+transformer block and the root; HSDP across replicas), and every rank runs every call, in the order rank 0
+received them (`shapeyard.trainer.compute`). Each call's batch is split over the ranks by tokens; a rank whose
+share needs fewer micro-batches than another's runs empty ones, because FSDP's collectives need every rank in
+every forward and backward. Loss sums, metric shares and logprobs are gathered back in the caller's order.
+
+LoRA adapters are peft adapters on the base model, one per model id, created on request after the base was
+sharded: their parameters stay whole on every rank and their gradients are summed over the ranks. Base-only
+references run with the adapter disabled. Batches are split into micro-batches whose logits stay under a fixed
+budget, and gradients accumulate apart from the pending ones until the whole request has succeeded (see
+`TrainerBackend`). Checkpoints are DCP checkpoints keyed by parameter name (`shapeyard.trainer.checkpoints`), so
+they load at any world size.
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from shapeyard.store.layout import CheckpointMeta
+from shapeyard.store.layout import CheckpointMeta, read_meta
 from shapeyard.trainer.backend import (
     AdamStep,
     AdapterSpec,
@@ -35,8 +46,9 @@ from shapeyard.trainer.backend import (
     ModelKind,
     Normalization,
 )
-from shapeyard.trainer.checkpoints import load_training, save_training
+from shapeyard.trainer.checkpoints import TrainingState, load_training, save_training, stored_keys
 from shapeyard.trainer.losses import LossSpec, loss_spec, resolve_config
+from shapeyard.trainer.world import World, full, local, partition
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -70,22 +82,34 @@ class Prepared:
     inputs: dict[str, Tensor]
 
 
-class SingleDeviceBackend:
-    """A `TrainerBackend` on one device."""
+def transformer_blocks(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The repeated blocks FSDP shards one by one: the modules transformers itself never splits across devices."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
 
-    def __init__(self, config: BackendConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+
+class SpmdBackend:
+    """A `TrainerBackend` on one rank of the world (all of it at world size 1)."""
+
+    def __init__(
+        self, config: BackendConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World
+    ) -> None:
         self.config = config
+        self.world = world
         self.base = model
         self.tokenizer = tokenizer
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.peft: PeftModel | None = None
         self.slots: dict[str, Slot] = {}
         self._ids = itertools.count(1)
+        # every rank names models alike; the random part keeps a restarted trainer's ids apart from the last one's
+        self._id_suffix = world.broadcast(secrets.token_hex(3))
         for param in model.parameters():
             param.requires_grad_(False)
         if config.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train(config.activation_checkpointing)  # checkpointing runs in train mode; no dropout either way
+        world.shard(model, transformer_blocks(model))
 
     # --- models ----------------------------------------------------------------------------------------
 
@@ -100,7 +124,7 @@ class SingleDeviceBackend:
 
     def create_model(self, lora: AdapterSpec | None, base_only: bool) -> tuple[str, ModelKind]:
         rank = lora.rank if lora else 0
-        model_id = f"model-{next(self._ids)}-{secrets.token_hex(3)}"
+        model_id = f"model-{next(self._ids)}-{self._id_suffix}"
         if base_only or self.config.forward_only:
             if base_only and self.config.lora_rank == 0 and not self.config.forward_only:
                 raise FailedPrecondition(
@@ -233,19 +257,32 @@ class SingleDeviceBackend:
 
     # --- forward and backward ------------------------------------------------------------------------
 
-    def _micro_batches(self, data: list[Prepared]) -> Iterator[list[tuple[int, Prepared]]]:
+    def _micro_batches(self, data: list[Prepared], indices: list[int]) -> list[list[tuple[int, Prepared]]]:
+        """The data at `indices`, in micro-batches whose logits fit LOGITS_BUDGET."""
         budget = max(LOGITS_BUDGET // self.vocab_size, 1)
+        batches: list[list[tuple[int, Prepared]]] = []
         batch: list[tuple[int, Prepared]] = []
         longest = 0
-        for index, item in enumerate(data):
+        for index in indices:
+            item = data[index]
             longest_after = max(longest, len(item.tokens))
             if batch and longest_after * (len(batch) + 1) > budget:
-                yield batch
+                batches.append(batch)
                 batch, longest_after = [], len(item.tokens)
             batch.append((index, item))
             longest = longest_after
         if batch:
-            yield batch
+            batches.append(batch)
+        return batches
+
+    def _rank_batches(self, data: list[Prepared]) -> list[list[tuple[int, Prepared]] | None]:
+        """This rank's micro-batches of the data, padded with None to the most any rank has (every rank computes
+        every rank's split, so they agree without talking)."""
+        shares = partition([len(item.tokens) for item in data], self.world.size)
+        counts = [len(self._micro_batches(data, share)) for share in shares]
+        mine: list[list[tuple[int, Prepared]] | None] = []
+        mine.extend(self._micro_batches(data, shares[self.world.rank]))
+        return mine + [None] * (max(counts) - len(mine))
 
     def _target_logprobs(self, slot: Slot, batch: list[tuple[int, Prepared]]) -> list[Tensor]:
         width = max(len(item.tokens) for _, item in batch)
@@ -274,6 +311,14 @@ class SingleDeviceBackend:
                 return self.peft(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return self.base(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
+    def _idle_pass(self, slot: Slot, backward: bool) -> None:
+        """A forward (and backward) that changes nothing, for a rank with no data left in this round: FSDP gathers
+        and reduces every block on every rank, so every rank must run every pass."""
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.world.device)
+        idle = self._run(slot, ids, None).sum() * 0
+        if backward:
+            idle.backward()
+
     def forward(
         self,
         model_id: str,
@@ -291,50 +336,64 @@ class SingleDeviceBackend:
                 "optimizer; use forward"
             )
         prepared = self.prepare(examples, spec, loss_fn)
-        logprobs: list[list[float]] = [[] for _ in prepared]
-        total = 0.0
+        logprobs: dict[int, list[float]] = {}
+        total = torch.zeros((), dtype=torch.float64, device=self.world.device)
         shares: dict[str, Tensor] = {}
-        with self._fresh_gradients(slot.params) if backward else nullcontext(), torch.set_grad_enabled(backward):
-            for batch in self._micro_batches(prepared):
+        with self._fresh_gradients(slot) if backward else nullcontext(), torch.set_grad_enabled(backward):
+            for batch in self._rank_batches(prepared):
+                if batch is None:
+                    self._idle_pass(slot, backward)
+                    continue
                 logps = self._target_logprobs(slot, batch)
                 losses = [spec.fn(logp, item.inputs, config) for logp, (_, item) in zip(logps, batch, strict=True)]
                 for logp, (_, item) in zip(logps, batch, strict=True):
                     for key, share in spec.metric_shares(logp, item.inputs, config).items():
                         shares[key] = shares.get(key, 0) + share
                 loss = torch.stack([token_loss.sum() for token_loss in losses]).sum()
-                if not torch.isfinite(loss):
-                    raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
                 if backward:
                     loss.backward()
-                total += loss.item()
+                total += loss.detach()
                 for logp, (index, _) in zip(logps, batch, strict=True):
                     logprobs[index] = logp.detach().float().cpu().tolist()
+            if not self.world.all_finite(total):
+                raise InvalidArgument(f"the {loss_fn} loss is not finite (NaN or inf); nothing was applied")
+            parts = self.world.all_gather(
+                (logprobs, float(total), {key: share.tolist() for key, share in shares.items()})
+            )
         masks = [spec.loss_mask(item.inputs, len(item.tokens)) for item in prepared]
         loss_tokens = sum(int(mask.sum()) for mask in masks)
         if backward:
             slot.loss_tokens += loss_tokens
             slot.loss_sequences += sum(1 for mask in masks if bool(mask.any()))
-        metrics = {"loss:sum": total}
+        merged: dict[int, list[float]] = {}
+        sums: dict[str, list[float]] = {}
+        for rank_logprobs, _, rank_shares in parts:
+            merged.update(rank_logprobs)
+            for key, (value, count) in rank_shares.items():
+                value_sum, count_sum = sums.get(key, (0.0, 0.0))
+                sums[key] = [value_sum + value, count_sum + count]
+        metrics = {"loss:sum": sum(rank_total for _, rank_total, _ in parts)}
         if loss_fn == "cross_entropy":
             metrics["response_tokens:sum"] = float(loss_tokens)
-        for key, share in shares.items():
-            value, count = share.tolist()
+        for key, (value, count) in sums.items():
             if count:  # a mean over no tokens is left out rather than made up
                 metrics[key] = value / count
-        return ForwardResult(logprobs, metrics)
+        return ForwardResult([merged[index] for index in range(len(prepared))], metrics)
 
-    @staticmethod
     @contextmanager
-    def _fresh_gradients(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    def _fresh_gradients(self, slot: Slot) -> Iterator[None]:
         """New gradients accumulate apart from the pending ones and join them only if the whole request succeeded
-        with finite values; otherwise the pending gradients are put back as they were."""
+        with finite values; otherwise the pending gradients are put back as they were. Every rank reaches the same
+        verdict: the replicated gradients are summed first and the norm is the whole model's."""
+        params = slot.params
         saved = [param.grad for param in params]
         for param in params:
             param.grad = None
         try:
             yield
+            self.world.sum_gradients([param for param in params if not isinstance(param, DTensor)])
             grads = [param.grad for param in params if param.grad is not None]
-            if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            if grads and not bool(torch.isfinite(full(torch.nn.utils.get_total_norm(grads)))):
                 raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
         except BaseException:
             for param, grad in zip(params, saved, strict=True):
@@ -354,11 +413,14 @@ class SingleDeviceBackend:
         grads = [param.grad for param in slot.params if param.grad is not None]
         if divisor > 1:
             for grad in grads:
-                grad.div_(divisor)
+                local(grad).div_(divisor)
         # the norm is a metric whether or not it clips; without a limit the grads are not rescaled by 1
-        norm = torch.nn.utils.get_total_norm(grads, foreach=False) if grads else None
+        norm = full(torch.nn.utils.get_total_norm(grads, foreach=False)) if grads else None
         if norm is not None and adam.grad_clip_norm > 0:
-            torch.nn.utils.clip_grads_with_norm_(slot.params, adam.grad_clip_norm, norm, foreach=False)
+            # torch's clip_grads_with_norm_, on each rank's shards
+            scale = torch.clamp(adam.grad_clip_norm / (norm + 1e-6), max=1.0)
+            for grad in grads:
+                local(grad).mul_(scale)
         grad_norm = float(norm) if norm is not None else 0.0
         for group in slot.optimizer.param_groups:
             group.update(
@@ -372,10 +434,30 @@ class SingleDeviceBackend:
 
     # --- checkpoints ---------------------------------------------------------------------------------
 
-    def _trainable_state(self, slot: Slot) -> dict[str, Tensor]:
+    def _named_params(self, slot: Slot) -> dict[str, torch.nn.Parameter]:
+        """The slot's trainable parameters by a name that does not depend on the adapter's name in this process."""
         if slot.kind == ModelKind.LORA:
-            return get_peft_model_state_dict(self.peft, adapter_name=slot.adapter)
-        return {name: param for name, param in self.base.named_parameters()}
+            tag = f".{slot.adapter}."
+            return {name.replace(tag, "."): p for name, p in self.peft.named_parameters() if tag in name}
+        return dict(self.base.named_parameters())
+
+    def _training_state(self, slot: Slot, with_optimizer: bool) -> TrainingState:
+        """The tensors of a checkpoint, as the live ones (saved from, or loaded into, in place). Loading needs
+        the optimizer's state to exist: a fresh AdamW's is created as zeros first."""
+        params = self._named_params(slot)
+        state: TrainingState = {"weights": {name: param.detach() for name, param in params.items()}}
+        if with_optimizer:
+            optimizer = {}
+            for name, param in params.items():
+                if param not in slot.optimizer.state:
+                    slot.optimizer.state[param] = {
+                        "step": torch.tensor(0.0),
+                        "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                        "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+                    }
+                optimizer[name] = slot.optimizer.state[param]
+            state["optimizer"] = optimizer
+        return state
 
     def save_state(self, model_id: str, directory: Path) -> None:
         slot = self.slot(model_id)
@@ -388,40 +470,43 @@ class SingleDeviceBackend:
             base_model=self.config.base_model,
             loss_tokens=slot.loss_tokens,
             loss_sequences=slot.loss_sequences,
+            optimizer=slot.steps > 0,
         )
-        save_training(directory, self._trainable_state(slot), slot.optimizer.state_dict(), meta)
+        save_training(directory, self._training_state(slot, with_optimizer=meta.optimizer), meta, self.world)
 
     def load_state(self, model_id: str, directory: Path, with_optimizer: bool) -> None:
         slot = self.slot(model_id)
         if slot.kind == ModelKind.FROZEN:
             raise FailedPrecondition(f"model {model_id} is forward-only: it cannot load trainable state")
-        weights, optimizer, meta = load_training(directory, with_optimizer)
+        meta = read_meta(directory)
         rank = slot.lora.rank if slot.lora else 0
         if meta.kind != slot.kind.value or meta.rank != rank or meta.base_model != self.config.base_model:
             raise FailedPrecondition(
                 f"checkpoint {directory.name} holds a {meta.kind} rank-{meta.rank} state of "
                 f"{meta.base_model}; model {model_id} is {slot.kind.value} rank-{rank} of {self.config.base_model}"
             )
-        with torch.no_grad():
-            if slot.kind == ModelKind.LORA:
-                set_peft_model_state_dict(self.peft, weights, adapter_name=slot.adapter)
-            else:
-                params = dict(self.base.named_parameters())
-                if set(params) != set(weights):
-                    raise FailedPrecondition(f"checkpoint {directory.name} does not match this model's parameters")
-                for name, param in params.items():
-                    param.copy_(weights[name])
+        names = set(self._named_params(slot))
+        if {key.removeprefix("weights.") for key in stored_keys(directory) if key.startswith("weights.")} != names:
+            raise FailedPrecondition(f"checkpoint {directory.name} does not match this model's parameters")
+        # a checkpoint of a model that never stepped has no optimizer state: a fresh optimizer is its state
+        with_optimizer = with_optimizer and meta.optimizer
         for param in slot.params:  # gradients pending from before the load belong to other weights
             param.grad = None
-        slot.loss_tokens = slot.loss_sequences = 0
         slot.optimizer = torch.optim.AdamW(slot.params, lr=1e-4, foreach=False)
-        slot.steps = 0
-        if optimizer is not None:
-            slot.optimizer.load_state_dict(optimizer)
-            slot.steps = meta.steps
+        with torch.no_grad():
+            load_training(directory, self._training_state(slot, with_optimizer))
+        slot.loss_tokens = slot.loss_sequences = 0
+        slot.steps = meta.steps if with_optimizer else 0
 
     def save_for_sampler(self, model_id: str, directory: Path) -> None:
+        """Rank 0 writes the directory; for full weights every rank first gives its shards to rank 0."""
         slot = self.slot(model_id)
+        weights = None
+        if slot.kind != ModelKind.LORA:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.base, options=options)
+        if not self.world.leader:
+            return
         staging = directory.with_name(f".{directory.name}.staging")
         if slot.kind == ModelKind.LORA:
             self.peft.save_pretrained(staging, selected_adapters=[slot.adapter])
@@ -430,7 +515,7 @@ class SingleDeviceBackend:
                 item.rename(staging / item.name)
             nested.rmdir()
         else:
-            self.base.save_pretrained(staging)
+            self.base.save_pretrained(staging, state_dict=weights)
             self.tokenizer.save_pretrained(staging)
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
