@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.models.transformers_sampler import TransformersSampler
@@ -314,6 +315,7 @@ def serve(service: TrainerService, link: Connection) -> None:
         link.send(service.reply(request_id, call))
 
 
+@record  # a rank that dies leaves its traceback in the agent's failure summary, the end of the worker's log
 def main() -> None:
     launch = read_launch(TrainerWorkerSpec, launch_path(__doc__))
     setup_process()

@@ -15,6 +15,7 @@ import resource
 import time
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from shapeyard.runtime.process import launch_path, read_launch, retain_freed_memory
 from shapeyard.trainer.backend import AdamStep, AdapterSpec, Example, ModelKind
@@ -55,6 +56,7 @@ def smoke(launch: WorkerLaunch[TrainerWorkerSpec], world: World) -> SmokeResult:
     )
 
 
+@record  # a rank that dies leaves its traceback in the agent's failure summary, the end of the worker's log
 def main() -> None:
     launch = read_launch(TrainerWorkerSpec, launch_path(__doc__))
     torch.set_num_threads(launch.process.threads)

@@ -32,7 +32,6 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shapeyard.store.layout import CheckpointMeta, read_meta
@@ -384,14 +383,14 @@ class SpmdBackend:
     def _fresh_gradients(self, slot: Slot) -> Iterator[None]:
         """New gradients accumulate apart from the pending ones and join them only if the whole request succeeded
         with finite values; otherwise the pending gradients are put back as they were. Every rank reaches the same
-        verdict: the replicated gradients are summed first and the norm is the whole model's."""
+        verdict: the gradients are summed over the ranks first and the norm is the whole model's."""
         params = slot.params
         saved = [param.grad for param in params]
         for param in params:
             param.grad = None
         try:
             yield
-            self.world.sum_gradients([param for param in params if not isinstance(param, DTensor)])
+            self.world.sum_gradients(params)
             grads = [param.grad for param in params if param.grad is not None]
             if grads and not bool(torch.isfinite(full(torch.nn.utils.get_total_norm(grads)))):
                 raise InvalidArgument("the gradients are not finite (NaN or inf); nothing was applied")
@@ -509,7 +508,9 @@ class SpmdBackend:
             return
         staging = directory.with_name(f".{directory.name}.staging")
         if slot.kind == ModelKind.LORA:
-            self.peft.save_pretrained(staging, selected_adapters=[slot.adapter])
+            # the base's embeddings never change here, so the adapter holds only its own weights (peft would add
+            # the whole embedding matrix when the head is a target)
+            self.peft.save_pretrained(staging, selected_adapters=[slot.adapter], save_embedding_layers=False)
             nested = staging / slot.adapter
             for item in nested.iterdir():
                 item.rename(staging / item.name)

@@ -2,9 +2,10 @@
 backend needs.
 
 One trainer job is one world of `trainerReplicaCount x nodeCount x acceleratorCount` ranks, started by torch's
-elastic launcher (`shapeyard.launch.torchrun`). With replicas its DeviceMesh has two dimensions, replicate (the
-replicas) and shard (the devices of one replica): FSDP2 shards the model within a replica and keeps the replicas
-as data-parallel copies (HSDP); without, one dimension that shards over all ranks. Every rank is data-parallel, so a batch is split over all of them.
+elastic launcher (`shapeyard.launch.torchrun`). Its DeviceMesh has two dimensions, `replicate` (the replicas)
+and `fsdp` (the devices of one replica): FSDP2 shards the model over `fsdp`, and the replicas' shard gradients are
+summed over `replicate` (HSDP, from the two pieces). Every rank is data-parallel, so a batch is split over all of
+them.
 
 At world size 1 there is no process group and every collective is the identity: the same backend code runs a
 single process exactly as before, without FSDP's hooks.
@@ -35,7 +36,8 @@ class World:
     rank: int
     size: int
     device: str  # "cpu" or "cuda:<local rank>"
-    mesh: DeviceMesh | None = None  # None at world size 1
+    mesh: DeviceMesh | None = None  # the `fsdp` dimension FSDP shards over; None at world size 1
+    replicate: dist.ProcessGroup | None = None  # the ranks holding the same shards, one per replica; None for one
 
     @property
     def leader(self) -> bool:
@@ -66,11 +68,16 @@ class World:
         return bool(flag)
 
     def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients of replicated (unsharded) parameters over all ranks: LoRA adapters, which FSDP does
-        not manage because they are created after the model was sharded."""
+        """Finish the gradients' sum over all ranks where FSDP's reduce-scatter did not: sharded parameters' shards
+        over the replicas, and whole parameters (LoRA adapters, created after the model was sharded, so not FSDP's)
+        over every rank."""
         if self.size == 1:
             return
         for param in params:
+            if isinstance(param, DTensor):
+                if self.replicate is not None and param.grad is not None:
+                    dist.all_reduce(param.grad.to_local(), group=self.replicate)
+                continue
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad)
@@ -80,8 +87,8 @@ class World:
             dist.barrier()
 
     def shard(self, model: torch.nn.Module, blocks: Sequence[torch.nn.Module]) -> None:
-        """FSDP2 on each transformer block and at the root (embeddings, final norm, head). Gradients are summed over
-        ranks, not averaged: the losses are sums, so the sharded gradient is the single-process one."""
+        """FSDP2 over the `fsdp` dimension, on each transformer block and at the root (embeddings, final norm, head).
+        Gradients are summed, not averaged: the losses are sums, so the sharded gradient is the single-process one."""
         if self.mesh is None:
             return
         for block in blocks:
@@ -113,11 +120,12 @@ def join_world(device: str, replicas: int = 1) -> World:
     else:
         backend = "gloo"
     dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
-    # (replicate, shard), left unnamed: peft sizes a LoRA layer on a sharded weight by its mesh's names, and only an
-    # unnamed or "fsdp" mesh gets the whole projection's shape (a named one is taken for tensor parallelism)
-    shape = (replicas, size // replicas) if replicas > 1 else (size,)
-    mesh = init_device_mesh(device.split(":")[0], shape)
-    return World(rank=rank, size=size, device=device, mesh=mesh)
+    # peft sizes a LoRA layer on a sharded weight by its mesh's names: only a mesh named "fsdp" (or unnamed) gets
+    # the whole projection's shape, any other is taken for tensor parallelism. So FSDP gets the 1-D `fsdp` mesh
+    # and the replicas are summed apart, rather than handing fully_shard the 2-D mesh.
+    mesh = init_device_mesh(device.split(":")[0], (replicas, size // replicas), mesh_dim_names=("replicate", "fsdp"))
+    replicate = mesh.get_group("replicate") if replicas > 1 else None
+    return World(rank=rank, size=size, device=device, mesh=mesh["fsdp"], replicate=replicate)
 
 
 def partition(lengths: Sequence[int], parts: int) -> list[list[int]]:

@@ -12,15 +12,27 @@ from fireworks.training.sdk import (
 
 from tests.helpers import TINY, RunningServer, chat_data
 
+# One device; two devices; two nodes (two torch agents meeting on loopback); two replicas of one device.
+LAYOUTS = [
+    ("tiny-qwen3-2k-cpu", 0, 1),
+    ("tiny-qwen3-2k-cpu-lora", 8, 1),
+    ("tiny-qwen3-2k-cpu-x2", 0, 1),
+    ("tiny-qwen3-2k-cpu-x2-lora", 8, 1),
+    ("tiny-qwen3-2k-cpu-2node", 0, 1),
+    ("tiny-qwen3-2k-cpu-2node-lora", 8, 1),
+    ("tiny-qwen3-2k-cpu", 0, 2),
+    ("tiny-qwen3-2k-cpu-lora", 8, 2),
+]
 
-@pytest.mark.parametrize(("shape", "rank"), [("tiny-qwen3-2k-cpu", 0), ("tiny-qwen3-2k-cpu-lora", 8)])
-def test_sft_flow(training_server: RunningServer, shape: str, rank: int):
+
+@pytest.mark.parametrize(("shape", "rank", "replicas"), LAYOUTS)
+def test_sft_flow(training_server: RunningServer, shape: str, rank: int, replicas: int):
     manager = TrainerJobManager(api_key=training_server.api_key, base_url=training_server.base_url)
     profile = manager.resolve_training_profile(f"accounts/fireworks/trainingShapes/{shape}")
-    endpoint = manager.create_and_wait(
-        TrainerJobConfig(base_model=TINY, lora_rank=rank, training_shape_ref=profile.training_shape),
-        poll_interval_s=0.5,
+    config = TrainerJobConfig(
+        base_model=TINY, lora_rank=rank, training_shape_ref=profile.training_shape, trainer_replica_count=replicas
     )
+    endpoint = manager.create_and_wait(config, poll_interval_s=0.5)
     assert endpoint.max_context_length == 2048
     service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=training_server.api_key)
     training = service.create_training_client(base_model=TINY, lora_rank=rank)

@@ -55,9 +55,10 @@ def main() -> None:
     parser.add_argument("--save-at", type=int, default=0, help="save a checkpoint after this many steps")
     parser.add_argument("--save-dir", type=Path)
     parser.add_argument("--resume-from", type=Path, help="a checkpoint directory per mode: <dir>/<mode>")
+    parser.add_argument("--replicas", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    world = join_world("cpu")
+    world = join_world("cpu", args.replicas)
     path = str(tiny.ensure_tiny_model())
     ragged, policy = batches()
     results: dict[str, dict] = {}

@@ -1,6 +1,7 @@
-"""The trainer at world sizes 2 and 4 equals world size 1: per-token logprobs, losses, the gradients of the first
-step and the weights after ten steps, for cross-entropy and PPO, full-parameter and LoRA; and checkpoints saved at
-world size 2 resume at world sizes 1 and 4 exactly as the uninterrupted run continues.
+"""The trainer at world sizes 2 and 4 (sharded over 4, and 2 replicas of 2 shards) equals world size 1:
+per-token logprobs, losses, the gradients of the first step and the weights after ten steps, for cross-entropy
+and PPO, full-parameter and LoRA; and checkpoints saved at world size 2 resume at world sizes 1 and 4 exactly as
+the uninterrupted run continues.
 
 Each world runs `spmd_program.py` under torch's elastic launcher (gloo on CPU, one thread per rank). Tolerance,
 fp32 throughout: logprobs within 1e-4 absolute, losses within 1e-5 relative, gradients within 1e-4 (absolute plus
@@ -41,6 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "1": run_world(1, root / "w1.pt"),
         "2": run_world(2, root / "w2.pt", "--save-at", str(SAVE_AT), "--save-dir", str(checkpoint)),
         "4": run_world(4, root / "w4.pt"),
+        "2 replicas x 2": run_world(4, root / "h4.pt", "--replicas", "2"),
         "resumed at 1": run_world(1, root / "r1.pt", "--resume-from", str(checkpoint)),
         "resumed at 4": run_world(4, root / "r4.pt", "--resume-from", str(checkpoint)),
     }
@@ -58,7 +60,7 @@ def assert_same_run(reference: dict, other: dict, steps: range) -> None:
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-@pytest.mark.parametrize("size", ["2", "4"])
+@pytest.mark.parametrize("size", ["2", "4", "2 replicas x 2"])
 def test_a_larger_world_trains_exactly_as_one_process(runs: dict[str, dict], size: str, mode: str) -> None:
     reference, other = runs["1"][mode], runs[size][mode]
     assert_same_run(reference, other, range(STEPS))
