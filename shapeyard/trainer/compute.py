@@ -260,8 +260,12 @@ class LeaderBackend:
         self._everywhere("save_for_sampler", model_id, directory)
 
     def stop(self) -> None:
-        """Tell the other ranks that no call follows."""
-        self._backend.world.broadcast((None, ()))
+        """Tell the other ranks that no call follows. If they are gone already (a rank died, and the HTTP process
+        with it), there is nobody to tell, and their own failure is the one worth reporting."""
+        try:
+            self._backend.world.broadcast((None, ()))
+        except RuntimeError as exc:  # gloo and NCCL report a lost peer as RuntimeError subclasses
+            log.warning("the other ranks are gone: %s", exc)
 
 
 def follow(backend: SpmdBackend) -> None:

@@ -128,8 +128,9 @@ class ComputeProcess:
         self._connection.send((request_id, call))
 
     def deliver_replies(self, resolve: Callable[[Reply], None]) -> None:
-        """Hand every reply to `resolve`, on a thread of its own. If the compute world dies, so does this process:
-        the launcher then reports the job FAILED with the log, which holds the failed rank's last words."""
+        """Hand every reply to `resolve`, on a thread of its own. If the compute world dies (the link breaks or the
+        first agent exits), so does this process: the launcher then reports the job FAILED with the log, which
+        holds the failed rank's last words."""
         assert self._connection is not None
         reader = self._connection
 
@@ -144,7 +145,15 @@ class ComputeProcess:
                     os._exit(1)
                 resolve(reply)
 
+        def watch() -> None:
+            # A rank can die while rank 0 waits for the next call and notices nothing: its agent then exits
+            code = self.process.wait()
+            if not self._closing:
+                log.error("the compute process exited with code %s", code)
+                os._exit(1)
+
         threading.Thread(target=read, name="shapeyard-replies", daemon=True).start()
+        threading.Thread(target=watch, name="shapeyard-compute-watch", daemon=True).start()
 
     def stop(self) -> None:
         """Shutting the link down ends rank 0's loop, and it tells the other ranks; they get STOP_SECONDS to finish
