@@ -1,5 +1,6 @@
 """The official fireworks-ai SDK's LoRA flow with a deployment: DeploymentManager, WeightSyncer save-and-hotload,
-DeploymentSampler with logprobs, and the managed path with create_deployment=True."""
+DeploymentSampler with logprobs, and the managed path with create_deployment=True; sharded trainers (two devices,
+two nodes) hot-load what they trained."""
 
 from __future__ import annotations
 
@@ -14,11 +15,23 @@ from fireworks.training.sdk import (
     DeploymentSampler,
     FiretitanSamplingClient,
     FiretitanServiceClient,
+    TrainerJobConfig,
+    TrainerJobManager,
     WeightSyncer,
 )
 from fireworks.training.sdk import types as fw
 
-from tests.helpers import LORA_SHAPE, PROMPT, TINY, RunningServer, chat_data, create_lora_job, run_server, unique
+from tests.helpers import (
+    LORA_SHAPE,
+    PROMPT,
+    SHAPES,
+    TINY,
+    RunningServer,
+    chat_data,
+    create_lora_job,
+    run_server,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +113,51 @@ def test_the_managed_path_provisions_a_trainer_and_its_deployment(serving_server
     assert len(result.sequences) == 2
     assert all(len(sequence.tokens) == len(sequence.logprobs) for sequence in result.sequences)
     service.close()
+
+
+@pytest.fixture(scope="module")
+def wide_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Room for a trainer of two CPU ranks next to a deployment replica."""
+    with run_server(tmp_path_factory.mktemp("fw-serving-wide"), cpu_slots=3) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("shape", "rank"), [("tiny-qwen3-2k-cpu-x2-lora", 8), ("tiny-qwen3-2k-cpu-2node", 0)])
+def test_a_sharded_trainer_hot_loads_exactly_what_it_trained(wide_server: RunningServer, shape: str, rank: int):
+    key, url = wide_server.api_key, wide_server.base_url
+    jobs = TrainerJobManager(api_key=key, base_url=url)
+    profile = jobs.resolve_training_profile(f"{SHAPES}/{shape}")
+    config = TrainerJobConfig(base_model=TINY, lora_rank=rank, training_shape_ref=profile.training_shape)
+    endpoint = jobs.create_and_wait(config, poll_interval_s=0.5)
+    deployments = DeploymentManager(api_key=key, base_url=url)
+    deployment_id = unique("fw-wide")
+    deployments.create_or_get(
+        DeploymentConfig.from_training_profile(
+            deployment_id=deployment_id, base_model=TINY, profile=profile, hot_load_trainer_job=endpoint.job_name
+        )
+    )
+    assert deployments.wait_for_ready(deployment_id, poll_interval_s=0.5).state == "READY"
+    training = FiretitanServiceClient(base_url=endpoint.base_url, api_key=key).create_training_client(
+        base_model=TINY, lora_rank=rank
+    )
+    for _ in range(3):
+        training.forward_backward(chat_data(), "cross_entropy").result()
+        training.optim_step(AdamParams(learning_rate=1e-2)).result()
+    syncer = WeightSyncer(
+        policy_client=training, deploy_mgr=deployments, deployment_id=deployment_id, base_model=TINY, lora_rank=rank
+    )
+    syncer.save_and_hotload("step-3")
+    status = deployments.hotload_check_status(deployment_id, TINY)
+    assert status["replicas"][0]["current_snapshot_identity"] == syncer.base_identity
+
+    # the deployment scores the prompt as the trainer does: the snapshot holds every rank's part of the weights
+    datum = fw.Datum(model_input=fw.ModelInput.from_ints(PROMPT[:-1]), loss_fn_inputs={"target_tokens": PROMPT[1:]})
+    trained = training.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
+    model = f"accounts/{deployments.account_id}/deployments/{deployment_id}"
+    sampler = FiretitanSamplingClient(DeploymentSampler(inference_url=url, model=model, api_key=key))
+    echoed = sampler.sample(
+        fw.ModelInput.from_ints(PROMPT), 1, fw.SamplingParams(max_tokens=1), include_prompt_logprobs=True
+    ).result()
+    assert echoed.prompt_logprobs[1:] == pytest.approx(trained, abs=1e-4)
+    deployments.delete(deployment_id)
+    jobs.delete(endpoint.job_id)
