@@ -84,7 +84,7 @@ class LocalLauncher:
                     f"{needed} with {placement.memory_gib:.1f} GiB of memory for each of {ranks} rank(s); this "
                     f"machine has {self.hardware.memory_gib:.1f} GiB"
                 )
-            if ranks > self.cpu_slots:
+            if 0 < self.cpu_slots < ranks:  # no slots at all: a control plane alone, where jobs wait
                 raise FailedPrecondition(
                     f"{needed}: {ranks} CPU ranks; this server runs at most {self.cpu_slots} (cpuWorkerSlots)"
                 )

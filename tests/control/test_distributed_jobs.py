@@ -1,7 +1,8 @@
 """Trainer jobs whose world has several ranks: on the 2-node CPU shape the local launcher runs two torch agents on
 this machine, meeting through the c10d rendezvous on loopback. A killed rank fails the job with its reason and
 leaves no process behind; `:resume` restarts the whole world from the last checkpoint; DELETE stops every rank;
-bad input is refused before any rank changes state."""
+bad input is refused before any rank changes state; the plain tinker client trains there through the job's
+gateway."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tinker
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.client.http import ApiError
@@ -118,3 +120,36 @@ def test_bad_input_at_world_size_2_is_refused_before_any_rank_changes_state(trai
     training.optim_step(AdamParams(learning_rate=1.0)).result()
     assert training.forward(data(3)).result().metrics["loss:sum"] == before
     run.close(delete_job=True)
+
+
+def test_the_tinker_client_trains_saves_and_loads_on_a_two_node_lora_job(training_server: RunningServer):
+    job_id = unique("tinker")
+    with training_server.http() as http:
+        created = http.post(
+            f"/v1/accounts/{training_server.account}/rlorTrainerJobs",
+            params={"trainingShape": f"{SHAPES}/tiny-qwen3-2k-cpu-2node-lora", "rlorTrainerJobId": job_id},
+            json={"trainingConfig": {"baseModel": TINY, "loraRank": 8}},
+        )
+        assert created.status_code == 200, created.text
+        wait_state(http, job_id, {"JOB_STATE_RUNNING"}, timeout=120)
+    gateway = f"{training_server.base_url}/training/v1/rlorTrainerJobs/{training_server.account}/{job_id}"
+    service = tinker.ServiceClient(base_url=gateway, api_key=training_server.tinker_key)
+    training = service.create_lora_training_client(base_model=TINY, rank=8)
+    sequences = [[(7 * step + 3 * i) % 90 + 5 for i in range(20)] for step in (1, 2)]
+    batch = [
+        tinker.Datum(model_input=tinker.ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={"target_tokens": tokens[1:]})
+        for tokens in sequences
+    ]
+    losses = []
+    for _ in range(4):
+        losses.append(training.forward_backward(batch, "cross_entropy").result().metrics["loss:sum"])
+        training.optim_step(tinker.AdamParams(learning_rate=1e-2)).result()
+    assert losses[-1] < losses[0], losses
+    path = training.save_state("after-4").result().path
+    reference = training.forward(batch, "cross_entropy").result().metrics["loss:sum"]
+    training.forward_backward(batch, "cross_entropy").result()
+    training.optim_step(tinker.AdamParams(learning_rate=1e-1)).result()
+    training.load_state(path).result()
+    assert training.forward(batch, "cross_entropy").result().metrics["loss:sum"] == reference
+    with training_server.http() as http:
+        assert http.delete(f"/v1/accounts/{training_server.account}/rlorTrainerJobs/{job_id}").status_code == 200
