@@ -51,6 +51,14 @@ def retain_freed_memory() -> None:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the kernel once: after loading, when a rank has dropped the whole
+    checkpoint it read and kept only its shards, the retained heap would otherwise hold that copy's pages."""
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
 def setup_process() -> None:
     """Logging to the worker's log (the launcher captures it), the parent watch and malloc's thresholds."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.models.transformers_sampler import TransformersSampler
-from shapeyard.runtime.process import launch_path, read_launch, setup_process
+from shapeyard.runtime.process import launch_path, read_launch, release_freed_memory, setup_process
 from shapeyard.store.layout import JobFiles
 from shapeyard.trainer.backend import (
     AdamStep,
@@ -334,6 +334,7 @@ def main() -> None:
         launch.spec.job_name,
     )
     backend = build_backend(launch, world)
+    release_freed_memory()
     # What is loaded by now lives as long as the process. Frozen out of the collector's sight, a full collection
     # takes under 1 ms instead of ~200 ms (measured on the tiny model), a pause a training step would wait through.
     gc.freeze()
