@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import RunningServer
 
 
@@ -22,6 +24,25 @@ def test_a_cpu_shape_runs_one_step_at_full_context_and_records_memory_and_time(s
     assert "smoke step on cpu" in version["validationReport"]["summary"]
     forward_only = validate(server, "tiny-qwen3-2k-cpu-forward-only")["validationReport"]["smoke"]
     assert forward_only["passed"] and forward_only["tokens"] == 2048
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "tiny-qwen3-8k-cpu",
+        "tiny-qwen3-2k-cpu-lora",
+        "tiny-qwen3-2k-cpu-x2",
+        "tiny-qwen3-2k-cpu-x2-lora",
+        "tiny-qwen3-2k-cpu-2node",
+    ],
+)
+def test_the_measured_peak_of_a_cpu_shape_is_within_a_quarter_of_its_plan(server: RunningServer, shape: str):
+    """The smoke step runs at the shape's world size (two ranks for x2 and 2node), and its largest per-rank peak
+    is what the plan says one device holds, within 25 %."""
+    report = validate(server, shape)["validationReport"]
+    planned, measured = report["memoryPlan"]["totalGib"], report["smoke"]["peakMemoryGib"]
+    assert report["smoke"]["passed"], report["smoke"]["detail"]
+    assert 0.75 <= measured / planned <= 1.25, f"planned {planned} GiB, measured {measured} GiB"
 
 
 def test_where_the_hardware_or_the_weights_are_missing_the_plan_stands_and_the_report_says_why(server):
