@@ -69,9 +69,11 @@ def rank_main(args: argparse.Namespace) -> None:
 
     from shapeyard.models.loading import load_model, load_tokenizer
     from shapeyard.runtime.process import release_freed_memory, retain_freed_memory
+    from shapeyard.shapes.recipe import training_recipe
     from shapeyard.trainer.backend import AdamStep, BackendConfig, Example
     from shapeyard.trainer.spmd import SpmdBackend
     from shapeyard.trainer.world import join_world
+    from shapeyard.wire.shapes import AcceleratorSpec, DeviceKind
 
     torch.set_num_threads(1)
     retain_freed_memory()  # as the compute process does
@@ -85,7 +87,9 @@ def rank_main(args: argparse.Namespace) -> None:
         lora_rank=0,
         max_lora_rank=0,
         forward_only=False,
-        activation_checkpointing=False,
+        recipe=training_recipe(
+            AcceleratorSpec(accelerator_type="CPU", kind=DeviceKind.CPU, memory_gib=16.0), args.length
+        ),
     )
     backend = SpmdBackend(config, load_model(path, "cpu"), load_tokenizer(path), world)
     model_id, _ = backend.create_model(None, base_only=False)

@@ -22,6 +22,7 @@ from shapeyard.control.settings import ServerSettings
 from shapeyard.control.state import ControlPlane
 from shapeyard.cookbook.config import RunSection
 from shapeyard.models.chat import render_chat, render_prompt
+from shapeyard.shapes.recipe import training_recipe
 from shapeyard.store import accounts
 from shapeyard.store.layout import JobFiles
 from shapeyard.trainer import compute
@@ -29,6 +30,7 @@ from shapeyard.trainer.backend import ModelKind
 from shapeyard.trainer.losses import LossSpec
 from shapeyard.trainer.spmd import SpmdBackend
 from shapeyard.wire import names
+from shapeyard.wire.shapes import AcceleratorSpec, DeviceKind, TrainingRecipe
 from shapeyard.wire.trainer import AdamParams, Datum, ForwardBackwardOutput, GradNormalization, LoraConfig
 
 T = TypeVar("T")
@@ -241,6 +243,13 @@ def exact_match(model: PreTrainedModel, tokenizer: Any, examples: list[dict[str,
 
 
 # --- the trainer backend, driven with wire types as the compute process drives it ------------------------------
+
+CPU = AcceleratorSpec(accelerator_type="CPU", kind=DeviceKind.CPU, memory_gib=16.0)
+
+
+def cpu_recipe(max_context_length: int, **changes: Any) -> TrainingRecipe:
+    """The recipe of a CPU shape of that context (fp32, no checkpointing), with any field changed."""
+    return training_recipe(CPU, max_context_length).model_copy(update=changes)
 
 
 class WireBackend:

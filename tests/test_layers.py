@@ -142,8 +142,9 @@ from shapeyard.models.loading import weights_path
 from shapeyard.models.transformers_sampler import TransformersSampler
 from shapeyard.serving.worker import HotLoader, create_worker_app
 from shapeyard.trainer import worker
-from shapeyard.trainer.compute import build_service
-from shapeyard.wire.shapes import TrainerMode, WeightsSource
+from shapeyard.trainer.compute import build_backend, build_service
+from shapeyard.trainer.world import World
+from shapeyard.wire.shapes import TrainerMode, TrainingRecipe, WeightsSource
 from shapeyard.wire.worker import DeploymentWorkerSpec, TrainerWorkerSpec, WorkerLaunch, WorkerProcess
 
 weights = WeightsSource(embedded="tiny-qwen3")
@@ -151,9 +152,13 @@ trainer = TrainerWorkerSpec(
     base_model="accounts/fireworks/models/tiny-qwen3", weights=weights, max_context_length=64,
     work_dir=Path({str(tmp_path)!r}) / "job", job_name="accounts/local/rlorTrainerJobs/layers",
     trainer_mode=TrainerMode.LORA_TRAINER, lora_rank=4, max_lora_rank=4, forward_only=False,
-    activation_checkpointing=False,
+    recipe=TrainingRecipe(
+        compute_precision="float32", trainable_precision="float32", frozen_precision="float32",
+        activation_checkpointing=False, activation_offloading=False, micro_batch_tokens=64, loss_chunk_tokens=4096,
+    ),
 )
-service = build_service(WorkerLaunch[TrainerWorkerSpec](spec=trainer, process=WorkerProcess(device="cpu", threads=1)))
+launch = WorkerLaunch[TrainerWorkerSpec](spec=trainer, process=WorkerProcess(device="cpu", threads=1))
+service = build_service(trainer, build_backend(launch, World(rank=0, size=1, device="cpu")))
 assert service.backend.vocab_size == 128
 deployment = DeploymentWorkerSpec(
     base_model=trainer.base_model, weights=weights, max_context_length=64, work_dir=Path({str(tmp_path)!r}) / "dep",

@@ -149,18 +149,27 @@ class LocalLauncher:
             run_id=name.replace("/", "-"),
         )
 
-    def _process(self, spec: WorkerSpec, placement: Placement, gpus: list[int], name: str) -> WorkerProcess:
+    def _process(
+        self, spec: WorkerSpec, placement: Placement, gpus: list[int], name: str, launch_file: Path, module: str = ""
+    ) -> WorkerProcess:
+        """Devices and threads; for a trainer also its world, the link to its rank 0, and the command each node
+        runs (`module` on every rank: the compute process, or validation's smoke step)."""
         device = "cuda" if gpus else "cpu"
         if not isinstance(spec, TrainerWorkerSpec):
             return WorkerProcess(device=device, threads=self.threads)
-        link = Listener(port=free_port(), token=secrets.token_hex(16))
-        return WorkerProcess(device=device, threads=self.threads, world=self._world(placement, name), compute=link)
+        world = self._world(placement, name)
+        return WorkerProcess(
+            device=device,
+            threads=self.threads,
+            world=world,
+            compute=Listener(port=free_port(), token=secrets.token_hex(16)),
+            compute_command=compute_command(world, launch_file, module or spec.compute_module),
+        )
 
-    def _write_launch(self, spec: WorkerSpec, process: WorkerProcess, file_name: str) -> Path:
+    @staticmethod
+    def _write_launch(spec: WorkerSpec, process: WorkerProcess, path: Path) -> None:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
-        path = spec.work_dir / file_name
         path.write_text(WorkerLaunch(spec=spec, process=process).model_dump_json(indent=2))
-        return path
 
     def smoke(self, spec: TrainerWorkerSpec, placement: Placement, timeout: float = 900.0) -> SmokeResult | str:
         """Run the smoke step at the shape's world size on this machine's devices (the placement passed `check`);
@@ -168,15 +177,17 @@ class LocalLauncher:
         gpus = self._gpus_for(placement)
         if len(gpus) < placement.devices and placement.accelerator.kind != DeviceKind.CPU:
             return f"the {placement.describe()} it needs are busy"
-        process = self._process(spec, placement, gpus, f"smoke-{secrets.token_hex(3)}")
-        path = self._write_launch(spec, process, "smoke-launch.json")
+        path = spec.work_dir / "smoke-launch.json"
+        process = self._process(spec, placement, gpus, f"smoke-{secrets.token_hex(3)}", path, spec.smoke_module)
+        self._write_launch(spec, process, path)
         result_path = spec.smoke_result
         result_path.unlink(missing_ok=True)
         log_path = spec.work_dir / "smoke.log"
         with log_path.open("a") as log_file:
-            command = compute_command(process.world, path, spec.smoke_module)
             children = [  # one agent per node, as for the job
-                subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=self._environment(gpus))
+                subprocess.Popen(
+                    process.compute_command, stdout=log_file, stderr=subprocess.STDOUT, env=self._environment(gpus)
+                )
                 for _ in range(process.world.nodes)
             ]
             try:
@@ -200,8 +211,9 @@ class LocalLauncher:
         with self._lock:
             gpus = self._gpus_for(placement)
             listener = Listener(port=free_port(), token=secrets.token_hex(16))
-            process = self._process(spec, placement, gpus, name).model_copy(update={"listener": listener})
-            path = self._write_launch(spec, process, "worker-launch.json")
+            path = spec.work_dir / "worker-launch.json"
+            process = self._process(spec, placement, gpus, name, path).model_copy(update={"listener": listener})
+            self._write_launch(spec, process, path)
             log_path = spec.work_dir / "worker.log"
             with log_path.open("a") as log_file:
 
@@ -213,7 +225,7 @@ class LocalLauncher:
 
                 child = run([sys.executable, "-m", spec.module, "--launch", str(path)])
                 # the HTTP process starts the first node's agent; these are the others'
-                agents = [run(compute_command(process.world, path)) for _ in range(process.world.nodes - 1)]
+                agents = [run(process.compute_command) for _ in range(process.world.nodes - 1)]
             health = f"{listener.url}{spec.health_path}"
             slots = placement.devices if placement.accelerator.kind == DeviceKind.CPU else 0
             kind = placement.accelerator.kind

@@ -33,8 +33,9 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
-def load_model(path: str, device: str) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=default_dtype(device), local_files_only=True)
+def load_model(path: str, device: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The model on `device`, in `dtype` (default: the device's, bf16 on GPUs and fp32 on CPU)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device), local_files_only=True)
     return model.to(device)
 
 

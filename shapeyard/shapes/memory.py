@@ -1,37 +1,42 @@
 """The memory plan: does a training shape fit its hardware?
 
 A per-device estimate of what one trainer replica holds at its largest step: one sequence of
-maxSupportedContextLength tokens. The plan mirrors the recipe the trainer applies:
+maxSupportedContextLength tokens. The plan counts the shape's recipe (`shapeyard.shapes.recipe`), the same object
+the trainer applies:
 
 - Persistent state (weights, gradients, optimizer moments) is fully sharded over every accelerator of the
   replica (FSDP2 across `acceleratorCount x nodeCount`).
-- Full-parameter training keeps fp32 master weights, fp32 gradients and fp32 Adam moments (16 bytes per
-  parameter), or bf16 for all of them (8 bytes) when the shape sets optimizerStatePrecision BFLOAT16.
-- LoRA keeps the base frozen in baseModelWeightPrecision and trains fp32 adapters on every attention and MLP
+- Full-parameter training keeps master weights, gradients and Adam moments in the recipe's trainable precision:
+  fp32 (16 bytes per parameter), or bf16 (8 bytes) when the shape sets optimizerStatePrecision BFLOAT16.
+- LoRA keeps the base frozen in the recipe's frozen precision and trains fp32 adapters on every attention and MLP
   projection (expert MLPs included) at the shape's maxLoraRank.
 - Forward-only holds frozen weights and one layer's activations; no gradients, no optimizer.
-- Activations: context parallelism splits the sequence; tensor parallelism splits the projections;
-  activation checkpointing keeps one hidden state per layer and recomputes one layer at a time; with
-  activationOffloading those saved hidden states wait in host memory and only two layers' worth sit on the
-  device at a time.
-- Loss: on GPUs the cross-entropy is computed in chunks of 4096 tokens (fp32 logits and their gradient);
-  on CPU the trainer materialises logits, log-softmax and gradient for the whole sequence. Attention is
-  torch's fused kernel on both (no [tokens, tokens] scores held).
+- Activations, in the compute precision: context parallelism splits the sequence; tensor parallelism splits the
+  projections; activation checkpointing keeps one hidden state per layer and recomputes one layer at a time;
+  with activation offloading (GPUs) those saved hidden states wait in host memory and only two layers' worth sit
+  on the device at a time. Attention is torch's fused kernel on GPUs and CPUs (no [tokens, tokens] scores held).
+- Loss: fp32 logits exist for the recipe's loss chunk of tokens at a time, with their gradient (and, on CPU,
+  the log-softmax beside them).
 - Each device keeps 8 % of its memory free for allocator fragmentation, plus a fixed runtime overhead
   (CUDA context and communication buffers on GPUs; on CPU the rank's Python with torch, transformers and peft
   imported, measured at 0.35-0.40 GiB resident).
+
+Frozen weights below bf16 and the sharding scheme's tensor, context, expert and pipeline parallelism are counted as
+the shape states them, though today's trainer does not apply them: `shapeyard.shapes.recipe.pending` names them,
+validation reports them, and a job on such a shape is refused at launch.
 """
 
 from __future__ import annotations
 
 import math
 
+from shapeyard.shapes.recipe import shape_recipe
 from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeviceKind,
     MemoryPlan,
     ModelSpec,
-    OptimizerPrecision,
+    Precision,
     ServingPlan,
     TrainerMode,
     TrainingShapeSnapshot,
@@ -40,8 +45,8 @@ from shapeyard.wire.shapes import (
 
 GIB = 1024**3
 HEADROOM_FRACTION = 0.08
-LOSS_CHUNK_TOKENS_GPU = 4096
 RUNTIME_OVERHEAD_GIB = {DeviceKind.CUDA: 4.0, DeviceKind.CPU: 0.4}
+_BYTES = {Precision.FLOAT32: 4.0, Precision.BFLOAT16: 2.0}
 _WEIGHT_BYTES = {
     WeightPrecision.BFLOAT16: 2.0,
     WeightPrecision.FP8: 1.0,
@@ -93,15 +98,18 @@ def plan_memory(model: ModelSpec, shape: TrainingShapeSnapshot, accelerator: Acc
         )
 
     on_cpu = accelerator.kind == DeviceKind.CPU
-    compute_bytes = 4.0 if on_cpu else 2.0
-    frozen_bytes = _WEIGHT_BYTES.get(shape.base_model_weight_precision, compute_bytes)
+    recipe = shape_recipe(shape, accelerator)
+    compute_bytes = _BYTES[recipe.compute_precision]
+    frozen_bytes = (
+        _WEIGHT_BYTES[recipe.frozen_weight_format] if recipe.frozen_weight_format else _BYTES[recipe.frozen_precision]
+    )
+    state_bytes = _BYTES[recipe.trainable_precision]
     params = model.parameter_count
     mode = shape.trainer_mode
 
     # Persistent, fully sharded state.
     if mode == TrainerMode.POLICY_TRAINER:
         trainable = params
-        state_bytes = 2.0 if shape.optimizer_state_precision == OptimizerPrecision.BFLOAT16 else 4.0
         weights = params * state_bytes
         gradients = params * state_bytes
         optimizer = params * 2 * state_bytes
@@ -127,7 +135,7 @@ def plan_memory(model: ModelSpec, shape: TrainingShapeSnapshot, accelerator: Acc
     gathered = 2 * ((per_layer - experts) + experts / ep) * layer_bytes / tp
 
     # Activations of one full-length sequence.
-    tokens = math.ceil(shape.max_supported_context_length / cp)
+    tokens = math.ceil(recipe.micro_batch_tokens / cp)
     h = model.hidden_size
     q_width = model.num_attention_heads * model.head_dim
     kv_width = model.num_key_value_heads * model.head_dim
@@ -138,14 +146,14 @@ def plan_memory(model: ModelSpec, shape: TrainingShapeSnapshot, accelerator: Acc
     local_layers = math.ceil(model.num_layers / pp)
     if mode == TrainerMode.FORWARD_ONLY:
         activations = layer_activations + tokens * h * compute_bytes
-    elif shape.activation_checkpointing:
-        resident_layers = min(local_layers, 2) if shape.activation_offloading else local_layers
+    elif recipe.activation_checkpointing:
+        resident_layers = min(local_layers, 2) if recipe.activation_offloading else local_layers
         saved = resident_layers * tokens * h * compute_bytes / (tp if scheme.sequence_parallel else 1)
         activations = saved + 2 * layer_activations
     else:
         activations = (local_layers + 1) * (layer_activations + 2 * tokens * h * compute_bytes)
 
-    loss_tokens = tokens if on_cpu else min(tokens, LOSS_CHUNK_TOKENS_GPU)
+    loss_tokens = min(tokens, recipe.loss_chunk_tokens)
     loss_copies = 1 if mode == TrainerMode.FORWARD_ONLY else (3 if on_cpu else 2)
     loss = loss_tokens * model.vocab_size * 4.0 * loss_copies / tp
 

@@ -7,6 +7,7 @@ sharding is consistent) plus the memory plan. The trainer adds a real smoke step
 from __future__ import annotations
 
 from shapeyard.shapes.memory import plan_memory, plan_serving
+from shapeyard.shapes.recipe import pending, shape_recipe
 from shapeyard.wire.shapes import (
     AcceleratorSpec,
     DeploymentShapeSnapshot,
@@ -52,8 +53,15 @@ def validate_training_shape(
         )
     if problems:
         return ValidationReport(passed=False, summary="; ".join(problems), problems=problems)
-    plan = plan_memory(models[snapshot.base_model], snapshot, accelerators[snapshot.accelerator_type])
-    return ValidationReport(passed=plan.fits, summary=plan.summary(), problems=plan.problems, memory_plan=plan)
+    accelerator = accelerators[snapshot.accelerator_type]
+    plan = plan_memory(models[snapshot.base_model], snapshot, accelerator)
+    missing = pending(shape_recipe(snapshot, accelerator))
+    summary = plan.summary()
+    if missing:
+        summary += f"; today's trainer does not apply {', '.join(missing)}: jobs on this shape wait for it"
+    return ValidationReport(
+        passed=plan.fits, summary=summary, problems=plan.problems, pending=missing, memory_plan=plan
+    )
 
 
 def validate_deployment_shape(

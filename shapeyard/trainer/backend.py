@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from shapeyard.wire.shapes import TrainingRecipe
+
 
 class ModelKind(StrEnum):
     FULL = "full"
@@ -32,7 +34,7 @@ class BackendConfig:
     lora_rank: int  # the job's rank: 0 for full-parameter and forward-only jobs
     max_lora_rank: int
     forward_only: bool
-    activation_checkpointing: bool
+    recipe: TrainingRecipe  # what the shape's memory plan counts, applied here
     seed: int = 0
 
 

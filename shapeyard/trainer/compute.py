@@ -41,7 +41,7 @@ from shapeyard.trainer.backend import (
 )
 from shapeyard.trainer.ipc import READY, Call, Reply
 from shapeyard.trainer.sampling import SamplingSessions
-from shapeyard.trainer.spmd import SpmdBackend
+from shapeyard.trainer.spmd import DTYPES, SpmdBackend
 from shapeyard.trainer.world import World, join_world
 from shapeyard.wire import names
 from shapeyard.wire.errors import InvalidArgument, NotFound, ShapeyardError, validation_message
@@ -291,11 +291,14 @@ def build_backend(launch: WorkerLaunch[TrainerWorkerSpec], world: World) -> Spmd
         lora_rank=spec.lora_rank,
         max_lora_rank=spec.max_lora_rank,
         forward_only=spec.forward_only,
-        activation_checkpointing=spec.activation_checkpointing,
+        recipe=spec.recipe,
         seed=spec.seed,
     )
-    # beyond one rank the whole model is read into host memory and FSDP moves each rank's shards to its device
-    model = load_model(path, world.device if world.size == 1 else "cpu")
+    # Stored in the precision it trains in (full-parameter: the master copy) or is frozen in. Beyond one rank the
+    # whole model is read into host memory and FSDP moves each rank's shards to its device.
+    trains_all = spec.lora_rank == 0 and not spec.forward_only
+    dtype = DTYPES[spec.recipe.trainable_precision if trains_all else spec.recipe.frozen_precision]
+    model = load_model(path, world.device if world.size == 1 else "cpu", dtype)
     return SpmdBackend(config, model, load_tokenizer(path), world)
 
 

@@ -22,12 +22,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import connection
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from shapeyard.launch.torchrun import compute_command
 from shapeyard.wire.errors import ShapeyardError
 from shapeyard.wire.trainer import ErrorCategory, Op, RequestFailed
 from shapeyard.wire.worker import TrainerWorkerSpec, WorkerLaunch
@@ -89,12 +87,12 @@ class ComputeProcess:
     """The compute world, seen from the HTTP process: its first agent (or only process) is started here, rank 0
     connects back over loopback with the launch's token, and calls are fed to it in order."""
 
-    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec], launch_file: Path) -> None:
+    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec]) -> None:
         link = launch.process.compute
         assert link is not None, "the launcher gives a trainer a link for its rank 0"
         self._listener = connection.Listener((link.host, link.port), authkey=link.token.encode())
         # its own session, so that stopping it reaches the agent and not this process
-        self.process = subprocess.Popen(compute_command(launch.process.world, launch_file), start_new_session=True)
+        self.process = subprocess.Popen(launch.process.compute_command, start_new_session=True)
         self._connection: connection.Connection | None = None
         self._socket: socket.socket | None = None
         self._closing = False

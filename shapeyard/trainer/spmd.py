@@ -8,10 +8,10 @@ every forward and backward. Loss sums, metric shares and logprobs are gathered b
 
 LoRA adapters are peft adapters on the base model, one per model id, created on request after the base was
 sharded: their parameters stay whole on every rank and their gradients are summed over the ranks. Base-only
-references run with the adapter disabled. Batches are split into micro-batches whose logits stay under a fixed
-budget, and gradients accumulate apart from the pending ones until the whole request has succeeded (see
-`TrainerBackend`). Checkpoints are DCP checkpoints keyed by parameter name (`shapeyard.trainer.checkpoints`), so
-they load at any world size.
+references run with the adapter disabled. Batches are split into micro-batches of at most one maximum-length
+sequence's tokens, the loss's logits exist a chunk of tokens at a time, and gradients accumulate apart from the
+pending ones until the whole request has succeeded (see `TrainerBackend`). Checkpoints are DCP checkpoints
+keyed by parameter name (`shapeyard.trainer.checkpoints`), so they load at any world size.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import secrets
 import shutil
 from array import array
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shapeyard.store.layout import CheckpointMeta, read_meta
@@ -49,11 +50,11 @@ from shapeyard.trainer.checkpoints import TrainingState, load_training, save_tra
 from shapeyard.trainer.losses import LossSpec, loss_spec, resolve_config
 from shapeyard.trainer.world import World, full, local, partition
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
+from shapeyard.wire.shapes import Precision
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-# Logits of one micro-batch stay under 2**26 floats (256 MiB); longer batches are split and accumulated.
-LOGITS_BUDGET = 2**26
+DTYPES = {Precision.FLOAT32: torch.float32, Precision.BFLOAT16: torch.bfloat16}
 INT_INPUTS = frozenset({"target_tokens"})
 KNOWN_INPUTS = frozenset({"target_tokens", "weights", "logprobs", "advantages"})
 
@@ -101,14 +102,21 @@ class SpmdBackend:
         self.peft: PeftModel | None = None
         self.slots: dict[str, Slot] = {}
         self._ids = itertools.count(1)
+        recipe = config.recipe
+        self.micro_batch_tokens, self.loss_chunk_tokens = recipe.micro_batch_tokens, recipe.loss_chunk_tokens
+        compute_dtype = DTYPES[recipe.compute_precision]
+        # the master weights stay in their precision and the forward runs in the compute one: FSDP casts what it
+        # gathers beyond one rank; autocast does it on one
+        self._autocast = world.size == 1 and model.dtype != compute_dtype
+        self._compute_dtype = compute_dtype
         # every rank names models alike; the random part keeps a restarted trainer's ids apart from the last one's
         self._id_suffix = world.broadcast(secrets.token_hex(3))
         for param in model.parameters():
             param.requires_grad_(False)
-        if config.activation_checkpointing:
+        if recipe.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train(config.activation_checkpointing)  # checkpointing runs in train mode; no dropout either way
-        world.shard(model, transformer_blocks(model))
+        model.train(recipe.activation_checkpointing)  # checkpointing runs in train mode; no dropout either way
+        world.shard(model, transformer_blocks(model), compute_dtype)
 
     # --- models ----------------------------------------------------------------------------------------
 
@@ -257,8 +265,9 @@ class SpmdBackend:
     # --- forward and backward ------------------------------------------------------------------------
 
     def _micro_batches(self, data: list[Prepared], indices: list[int]) -> list[list[tuple[int, Prepared]]]:
-        """The data at `indices`, in micro-batches whose logits fit LOGITS_BUDGET."""
-        budget = max(LOGITS_BUDGET // self.vocab_size, 1)
+        """The data at `indices`, in micro-batches of at most `micro_batch_tokens` (padded) tokens: one sequence of
+        the shape's maxSupportedContextLength, what its memory plan is made for."""
+        budget = self.micro_batch_tokens
         batches: list[list[tuple[int, Prepared]]] = []
         batch: list[tuple[int, Prepared]] = []
         longest = 0
@@ -295,26 +304,82 @@ class SpmdBackend:
             mask[row, :n] = 1
             targets[row, :n] = item.inputs["target_tokens"]
         # Equal lengths need no padding mask; without one, attention takes its faster causal path.
-        logits = self._run(slot, ids, None if bool(mask.all()) else mask)
-        logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        hidden = self._run(slot, ids, None if bool(mask.all()) else mask)
+        logp = self._chunked_logprobs(slot, hidden.flatten(0, 1), targets.flatten()).view_as(targets)
         return [logp[row, : len(item.tokens)] for row, (_, item) in enumerate(batch)]
 
-    def _run(self, slot: Slot, ids: Tensor, mask: Tensor | None) -> Tensor:
-        # use_cache=False: a training forward has no next token to decode, so a KV cache is only wasted copies
+    def _chunked_logprobs(self, slot: Slot, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Each target's logprob, `loss_chunk_tokens` at a time. With several chunks each is recomputed in the
+        backward pass rather than kept, so no more than one chunk's logits ever exist."""
+        head = self.base.get_output_embeddings()  # peft's LoRA layer around the head, when it trains it
+
+        def logprobs(states: Tensor, chosen: Tensor) -> Tensor:
+            with self._compute():
+                logits = head(states)
+            return -F.cross_entropy(logits.float(), chosen, reduction="none")
+
+        with self._adapter(slot):
+            chunk = self.loss_chunk_tokens
+            if len(targets) <= chunk:
+                return logprobs(hidden, targets)
+            return torch.cat(
+                [
+                    checkpoint(
+                        logprobs,
+                        hidden[start : start + chunk],
+                        targets[start : start + chunk],
+                        use_reentrant=False,
+                    )
+                    for start in range(0, len(targets), chunk)
+                ]
+            )
+
+    @contextmanager
+    def _adapter(self, slot: Slot) -> Iterator[None]:
+        """The slot's adapter on (a LoRA slot), or every adapter off (the base, and frozen views of it)."""
         if slot.kind == ModelKind.LORA:
             if self.peft.active_adapters != [slot.adapter]:  # switching walks every module: ~1.5 % of a tiny step
                 self.peft.set_adapter(slot.adapter)
-            return self.peft(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        if self.peft is not None:
+            yield
+        elif self.peft is not None:
             with self.peft.disable_adapter():
-                return self.peft(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return self.base(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def _without_head(self) -> Iterator[None]:
+        """The model's forward ends at the final norm: the head runs in `_chunked_logprobs`, a chunk at a time."""
+        head = self.base.get_output_embeddings()
+        self.base.set_output_embeddings(torch.nn.Identity())
+        try:
+            yield
+        finally:
+            self.base.set_output_embeddings(head)
+
+    def _run(self, slot: Slot, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """The last hidden states ([batch, positions, hidden]) of the slot's model."""
+        network = self.peft if self.peft is not None else self.base
+        # use_cache=False: a training forward has no next token to decode, so a KV cache is only wasted copies
+        with self._adapter(slot), self._without_head(), self._compute():
+            return network(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    @contextmanager
+    def _compute(self) -> Iterator[None]:
+        """The recipe's compute precision (autocast, where FSDP does not cast), and the activations the backward
+        pass keeps in host memory when the recipe offloads them."""
+        with ExitStack() as stack:
+            if self._autocast:
+                stack.enter_context(torch.autocast(self.world.device.split(":")[0], dtype=self._compute_dtype))
+            if self.config.recipe.activation_offloading:
+                stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
+            yield
 
     def _idle_pass(self, slot: Slot, backward: bool) -> None:
         """A forward (and backward) that changes nothing, for a rank with no data left in this round: FSDP gathers
         and reduces every block on every rank, so every rank must run every pass."""
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.world.device)
-        idle = self._run(slot, ids, None).sum() * 0
+        idle = self._chunked_logprobs(slot, self._run(slot, ids, None)[0], ids[0]).sum() * 0
         if backward:
             idle.backward()
 

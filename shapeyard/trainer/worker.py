@@ -157,11 +157,10 @@ def create_worker_app(spec: TrainerWorkerSpec, token: str, sequencer: Sequencer)
 
 
 def main() -> None:
-    path = launch_path(__doc__)
-    launch = start_worker(TrainerWorkerSpec, path)
+    launch = start_worker(TrainerWorkerSpec, launch_path(__doc__))
     listener = launch.process.listener
     assert listener is not None, "a trainer worker serves HTTP"
-    compute = ComputeProcess(launch, path)
+    compute = ComputeProcess(launch)
     compute.wait_ready()
     sequencer = Sequencer(compute.send)
     compute.deliver_replies(sequencer.resolve)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 # A rank waits this long in a collective for the others; longer than any step, shorter than forever.
@@ -86,14 +86,18 @@ class World:
         if self.size > 1:
             dist.barrier()
 
-    def shard(self, model: torch.nn.Module, blocks: Sequence[torch.nn.Module]) -> None:
+    def shard(self, model: torch.nn.Module, blocks: Sequence[torch.nn.Module], compute_dtype: torch.dtype) -> None:
         """FSDP2 over the `fsdp` dimension, on each transformer block and at the root (embeddings, final norm, head).
-        Gradients are summed, not averaged: the losses are sums, so the sharded gradient is the single-process one."""
+        Gradients are summed, not averaged: the losses are sums, so the sharded gradient is the single-process one.
+        What a rank gathers is cast to `compute_dtype`; the shards (the master copy) keep theirs, and gradients are
+        reduced in it."""
         if self.mesh is None:
             return
+        master = next(model.parameters()).dtype
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=master)
         for block in blocks:
-            fully_shard(block, mesh=self.mesh)
-        fully_shard(model, mesh=self.mesh)
+            fully_shard(block, mesh=self.mesh, mp_policy=policy)
+        fully_shard(model, mesh=self.mesh, mp_policy=policy)
         for module in [*blocks, model]:
             assert isinstance(module, FSDPModule)
             module.set_gradient_divide_factor(1.0)

@@ -146,6 +146,26 @@ class TrainingShapeSnapshot(CamelModel):
         return self.accelerator_count * self.node_count
 
 
+class Precision(StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+class TrainingRecipe(CamelModel):
+    """How the trainer fits one replica of a shape in memory, built once from the shape and its accelerator
+    (`shapeyard.shapes.recipe`). The memory plan counts exactly this and the trainer applies exactly this."""
+
+    compute_precision: Precision  # activations and gathered weights: bf16 on GPUs, fp32 on CPU
+    trainable_precision: Precision  # trained weights, their gradients and AdamW moments (the master copy)
+    frozen_precision: Precision  # weights that never train: a LoRA job's base, forward-only models
+    frozen_weight_format: WeightPrecision | None = None  # below bf16 (fp8, nf4, ...) as the shape asks; None: none
+    sharding: ShardingScheme = Field(default_factory=ShardingScheme)  # parallelism beyond FSDP
+    activation_checkpointing: bool  # keep each block's input, recompute the block in the backward pass
+    activation_offloading: bool  # those kept inputs wait in host memory (GPUs only: on CPU they are there)
+    micro_batch_tokens: int  # padded tokens per forward pass: one maxSupportedContextLength sequence
+    loss_chunk_tokens: int  # tokens whose logits exist at once; the full [tokens, vocab] never does
+
+
 class DeploymentShapeSnapshot(CamelModel):
     """The immutable content of one deployment-shape version (a serving configuration)."""
 
@@ -225,6 +245,7 @@ class ValidationReport(CamelModel):
     passed: bool
     summary: str
     problems: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)  # what the plan counts that today's trainer does not apply
     memory_plan: MemoryPlan | None = None
     serving_plan: ServingPlan | None = None
     smoke: SmokeResult | None = None

@@ -12,7 +12,7 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from shapeyard.wire import routes
-from shapeyard.wire.shapes import TrainerMode, WeightsSource
+from shapeyard.wire.shapes import TrainerMode, TrainingRecipe, WeightsSource
 
 
 class WorkerSpec(BaseModel):
@@ -38,7 +38,7 @@ class TrainerWorkerSpec(WorkerSpec):
     lora_rank: int
     max_lora_rank: int
     forward_only: bool
-    activation_checkpointing: bool
+    recipe: TrainingRecipe
     resume_from: Path | None = None  # a training checkpoint the first model loads, weights and optimizer
     seed: int = 0
 
@@ -99,6 +99,7 @@ class WorkerProcess(BaseModel):
     listener: Listener | None = None  # None for a process that serves no HTTP (validation's smoke step)
     world: WorldSpec = WorldSpec()  # a trainer's ranks
     compute: Listener | None = None  # where the trainer's HTTP process waits for its rank 0
+    compute_command: list[str] = []  # what the trainer's HTTP process runs: its node's agent (or only rank)
 
 
 S = TypeVar("S", bound=WorkerSpec)

@@ -34,6 +34,10 @@ def test_listing_versions_with_filters(http):
         "tiny-qwen3-8k-cpu",
         "tiny-qwen3-2k-cpu-lora",
         "tiny-qwen3-2k-cpu-forward-only",
+        "tiny-qwen3-2k-cpu-x2",
+        "tiny-qwen3-2k-cpu-x2-lora",
+        "tiny-qwen3-2k-cpu-2node",
+        "tiny-qwen3-2k-cpu-2node-lora",
     }
     assert all(v["latestValidated"] and v["public"] for v in versions)
     lora = http.get(
@@ -245,3 +249,27 @@ def test_openapi_lists_exactly_the_routes(server: RunningServer, http):
     schemas = spec["components"]["schemas"]
     assert "trainingConfig" in schemas["CreateTrainerJobRequest"]["properties"]
     assert "latestValidated" in schemas["TrainingShapeVersionResource"]["properties"]
+
+
+def test_a_shape_whose_recipe_the_trainer_cannot_apply_says_so_and_refuses_jobs(http):
+    """Context parallelism: the plan counts it (so the shape fits and is validated), the report names it as not
+    applied by today's trainer, and a job on the shape is refused before anything is recorded or started."""
+    shape_id = unique("cp")
+    scheme = {"trainerShardingScheme": {"contextParallelism": 2}, "acceleratorCount": 2}
+    created = http.post(
+        "/v1/accounts/local/trainingShapes", params={"trainingShapeId": shape_id}, json={"snapshot": snapshot(**scheme)}
+    )
+    assert created.status_code == 200, created.text
+    version = created.json()["latestVersion"]
+    report = version["validationReport"]
+    assert version["validated"] and report["pending"] == ["contextParallelism 2"]
+    assert "today's trainer does not apply contextParallelism 2" in report["summary"]
+    job_id = unique("cp-job")
+    refused = http.post(
+        "/v1/accounts/local/rlorTrainerJobs",
+        params={"trainingShape": f"accounts/local/trainingShapes/{shape_id}", "rlorTrainerJobId": job_id},
+        json={"trainingConfig": {"baseModel": TINY, "loraRank": 4}},
+    )
+    assert refused.status_code == 400
+    assert "needs contextParallelism 2, which today's trainer does not apply" in refused.json()["error"]["message"]
+    assert http.get(f"/v1/accounts/local/rlorTrainerJobs/{job_id}").status_code == 404

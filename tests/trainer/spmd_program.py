@@ -18,11 +18,14 @@ import torch
 
 from shapeyard.models import tiny
 from shapeyard.models.loading import load_model, load_tokenizer
+from shapeyard.shapes.recipe import training_recipe
 from shapeyard.trainer.backend import AdamStep, AdapterSpec, BackendConfig, Example
 from shapeyard.trainer.spmd import SpmdBackend
 from shapeyard.trainer.world import full, join_world
+from shapeyard.wire.shapes import AcceleratorSpec, DeviceKind
 
 STEPS = 10
+CPU = AcceleratorSpec(accelerator_type="CPU", kind=DeviceKind.CPU, memory_gib=16.0)
 # Adam with a large eps is nearly linear in the gradients, so float noise of a different summation order stays
 # noise instead of being normalised up to a full step.
 ADAM = AdamStep(learning_rate=1e-3, eps=1e-2, weight_decay=0.01, grad_clip_norm=50.0)
@@ -56,7 +59,9 @@ def main() -> None:
     parser.add_argument("--save-dir", type=Path)
     parser.add_argument("--resume-from", type=Path, help="a checkpoint directory per mode: <dir>/<mode>")
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--loss-chunk", type=int, default=0, help="tokens per chunk of the loss's logits")
     args = parser.parse_args()
+    chunk = {"loss_chunk_tokens": args.loss_chunk} if args.loss_chunk else {}
     torch.set_num_threads(1)
     world = join_world("cpu", args.replicas)
     path = str(tiny.ensure_tiny_model())
@@ -71,7 +76,7 @@ def main() -> None:
             lora_rank=rank,
             max_lora_rank=64,
             forward_only=False,
-            activation_checkpointing=False,
+            recipe=training_recipe(CPU, 2048).model_copy(update=chunk),
         )
         backend = SpmdBackend(config, load_model(path, "cpu"), load_tokenizer(path), world)
         model_id, _ = backend.create_model(AdapterSpec(rank=rank, seed=3) if rank else None, base_only=False)

@@ -20,7 +20,7 @@ from shapeyard.trainer.spmd import SpmdBackend
 from shapeyard.trainer.world import World
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument
 from shapeyard.wire.trainer import AdamParams, Datum, GradNormalization, LoraConfig, ModelInput, TensorData
-from tests.helpers import WireBackend
+from tests.helpers import WireBackend, cpu_recipe
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
@@ -71,7 +71,7 @@ def bare_backend(path: str, job_dir: Path, rank: int = 0, *, forward_only: bool 
         lora_rank=rank,
         max_lora_rank=64,
         forward_only=forward_only,
-        activation_checkpointing=False,
+        recipe=cpu_recipe(2048),
         seed=seed,
     )
     return WireBackend(
@@ -609,3 +609,26 @@ def test_base_only_reference_on_full_parameter_trainer_never_drifts(model_path, 
         torch.testing.assert_close(
             torch.tensor(got), want, atol=1e-5, rtol=0, msg=lambda m: f"the base-only reference drifted: {m}"
         )
+
+
+@pytest.mark.parametrize("rank", [0, RANK], ids=["full", "lora"])
+def test_the_loss_in_chunks_of_tokens_equals_the_loss_in_one_piece(model_path, tmp_path, rank):
+    """Chunks of 5 tokens (recomputed in the backward pass) against the whole batch's logits at once: the same
+    logprobs, loss and gradients."""
+    runs = []
+    for chunk in (4096, 5):
+        trainer, model_id = make_backend(model_path, tmp_path / str(chunk), rank)
+        trainer.backend.loss_chunk_tokens = chunk
+        trainer.forward(model_id, data(RAGGED[0]), "cross_entropy", None, True)  # B of LoRA moves off zero
+        trainer.optim_step(model_id, ADAM, None)
+        out = trainer.forward(model_id, data(RAGGED[1]), "cross_entropy", None, True)
+        grads = [param.grad.clone() for param in trainer.slot(model_id).params]
+        runs.append(([o["logprobs"].data for o in out.loss_fn_outputs], out.metrics["loss:sum"], grads))
+    (whole_logprobs, whole_loss, whole_grads), (logprobs, loss, grads) = runs
+    assert sum(len(row) for row in logprobs) > 5  # several chunks
+    for ours, theirs in zip(logprobs, whole_logprobs, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-5)
+    assert loss == pytest.approx(whole_loss, rel=1e-6)
+    assert any(grad.abs().max() > 0 for grad in whole_grads)
+    for ours, theirs in zip(grads, whole_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)  # the chunks sum in another order

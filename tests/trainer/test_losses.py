@@ -19,7 +19,7 @@ from shapeyard.trainer.spmd import SpmdBackend
 from shapeyard.trainer.world import World
 from shapeyard.wire.errors import FailedPrecondition, InvalidArgument, NotFound
 from shapeyard.wire.trainer import Datum, ImageChunk, LoraConfig, ModelInput, TensorData
-from tests.helpers import WireBackend
+from tests.helpers import WireBackend, cpu_recipe
 
 torch.set_num_threads(1)
 
@@ -37,7 +37,7 @@ def make_backend(path: str, job_dir: Path, rank: int = 0) -> tuple[WireBackend, 
         lora_rank=rank,
         max_lora_rank=64,
         forward_only=False,
-        activation_checkpointing=False,
+        recipe=cpu_recipe(MAX_CONTEXT),
         seed=0,
     )
     backend = WireBackend(
@@ -451,7 +451,7 @@ METRIC_CASES = [
 def test_rl_metrics_match_independent_computation(backend, cases, case, micro_batches, monkeypatch) -> None:
     loss_fn, family, config = case
     if micro_batches:
-        monkeypatch.setattr("shapeyard.trainer.spmd.LOGITS_BUDGET", VOCAB)  # room for one token's logits
+        monkeypatch.setattr(backend[0].backend, "micro_batch_tokens", 1)  # one datum per micro-batch
     trainer, model_id = backend
     items = cases[family]
     out = trainer.forward(model_id, [datum(item["tokens"], **item["inputs"]) for item in items], loss_fn, config, False)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from shapeyard.control.api.pagination import paginate
 from shapeyard.control.auth import require_account
 from shapeyard.control.deps import CallerDep, PlaneDep, WireRouter
-from shapeyard.control.lifecycle.jobs import find_job, job_placement, launch_job, set_state
+from shapeyard.control.lifecycle.jobs import check_launchable, find_job, launch_job, set_state
 from shapeyard.store.tables import TrainerJob
 from shapeyard.wire import names, routes
 from shapeyard.wire.control import (
@@ -123,6 +123,6 @@ def resume_trainer_job(account: str, job_id: str, caller: CallerDep, control: Pl
         if JobState(job.state) not in RESUMABLE_JOB_STATES:
             allowed = ", ".join(sorted(state.value for state in RESUMABLE_JOB_STATES))
             raise FailedPrecondition(f"trainer job {job.name} is {job.state}; only jobs in {allowed} can resume")
-        control.launcher.check(job_placement(session, control, job))
+        check_launchable(session, control, job)
         set_state(job, JobState.CREATING, "resuming from the latest checkpoint")
         return job_resource(job)

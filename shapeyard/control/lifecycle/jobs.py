@@ -14,6 +14,7 @@ from shapeyard.control.auth import require_account
 from shapeyard.control.state import ControlPlane
 from shapeyard.launch.base import Placement
 from shapeyard.shapes.admin import SmokeRunner
+from shapeyard.shapes.recipe import pending, shape_recipe, training_recipe
 from shapeyard.shapes.resolve import plan_trainer_job
 from shapeyard.store import catalog as store
 from shapeyard.store.accounts import Caller
@@ -22,7 +23,7 @@ from shapeyard.store.weights import WeightsUnavailable, local_checkpoint
 from shapeyard.wire import names
 from shapeyard.wire.control import ACTIVE_JOB_STATES, CreateTrainerJobRequest, JobState
 from shapeyard.wire.errors import AlreadyExists, FailedPrecondition, NotFound
-from shapeyard.wire.shapes import ModelSpec, SmokeResult, TrainerMode, TrainingShapeSnapshot
+from shapeyard.wire.shapes import ModelSpec, SmokeResult, TrainerMode, TrainingRecipe, TrainingShapeSnapshot
 from shapeyard.wire.worker import TrainerWorkerSpec
 
 
@@ -69,6 +70,27 @@ def job_placement(session: Session, control: ControlPlane, job: TrainerJob) -> P
     )
 
 
+def job_recipe(session: Session, control: ControlPlane, job: TrainerJob) -> TrainingRecipe:
+    """The recipe of the job's shape version; a job without one gets its device's plain recipe."""
+    shape = _shape(session, job)
+    accelerator = control.catalog.accelerators[job.accelerator_type]
+    if shape is None:
+        return training_recipe(accelerator, job.max_context_length)
+    return shape_recipe(store.training_snapshot(shape), accelerator)
+
+
+def check_launchable(session: Session, control: ControlPlane, job: TrainerJob) -> None:
+    """Refuse, before anything starts, a job this server cannot run: hardware the launcher lacks, or a recipe the
+    trainer does not apply."""
+    control.launcher.check(job_placement(session, control, job))
+    missing = pending(job_recipe(session, control, job))
+    if missing:
+        raise FailedPrecondition(
+            f"the shape's recipe needs {', '.join(missing)}, which today's trainer does not apply; its memory plan "
+            "counts them, so it would not fit as this trainer runs"
+        )
+
+
 def trainer_spec(session: Session, control: ControlPlane, job: TrainerJob) -> TrainerWorkerSpec:
     shape = _shape(session, job)
     snapshot = store.training_snapshot(shape) if shape else None
@@ -82,7 +104,7 @@ def trainer_spec(session: Session, control: ControlPlane, job: TrainerJob) -> Tr
         max_lora_rank=snapshot.max_lora_rank if snapshot else job.lora_rank,
         forward_only=job.forward_only,
         max_context_length=job.max_context_length,
-        activation_checkpointing=snapshot.activation_checkpointing if snapshot else False,
+        recipe=job_recipe(session, control, job),
         work_dir=files.root,
         resume_from=files.latest_training(),
     )
@@ -132,7 +154,7 @@ def launch_job(
         image_tag=plan.image_tag,
         request=body.to_json_dict(),
     )
-    control.launcher.check(job_placement(session, control, job))
+    check_launchable(session, control, job)
     session.add(job)
     session.flush()
     return job
@@ -142,8 +164,10 @@ def smoke_runner(control: ControlPlane) -> SmokeRunner:
     """Validation's smoke step, run by the launcher where the shape's hardware and weights are on this machine."""
 
     def run(snapshot: TrainingShapeSnapshot, model: ModelSpec) -> SmokeResult | str:
+        accelerator = control.catalog.accelerators[snapshot.accelerator_type]
+        recipe = shape_recipe(snapshot, accelerator)
         where = Placement(
-            control.catalog.accelerators[snapshot.accelerator_type],
+            accelerator,
             snapshot.accelerator_count,
             snapshot.node_count,
             replicas=1,
@@ -157,6 +181,8 @@ def smoke_runner(control: ControlPlane) -> SmokeRunner:
             return exc.message
         except WeightsUnavailable as exc:
             return str(exc)
+        if pending(recipe):
+            return f"today's trainer does not apply {', '.join(pending(recipe))}"
         spec = TrainerWorkerSpec(
             job_name="smoke",
             base_model=model.name,
@@ -166,7 +192,7 @@ def smoke_runner(control: ControlPlane) -> SmokeRunner:
             max_lora_rank=snapshot.max_lora_rank,
             forward_only=snapshot.trainer_mode == TrainerMode.FORWARD_ONLY,
             max_context_length=snapshot.max_supported_context_length,
-            activation_checkpointing=snapshot.activation_checkpointing,
+            recipe=recipe,
             work_dir=control.settings.files.new_smoke_dir(),
         )
         return control.launcher.smoke(spec, where)
