@@ -184,7 +184,7 @@ def test_user_settable_fields_are_kept(http):
 
 
 def test_hardware_the_machine_lacks_is_refused_at_launch(http):
-    """A GPU shape on a machine without that GPU, more nodes than one machine, more replicas than one."""
+    """A GPU shape on a machine without that GPU, GPUs on more nodes than one machine, replicas of a GPU shape."""
     h200 = "accounts/fireworks/trainingShapes/qwen3-8b-256k-h200-lora"
     response = create_job(http, h200, {"baseModel": "accounts/fireworks/models/qwen3-8b", "loraRank": 8})
     message = error(response, 400, "FAILED_PRECONDITION")
@@ -194,9 +194,13 @@ def test_hardware_the_machine_lacks_is_refused_at_launch(http):
         "accounts/fireworks/trainingShapes/qwen3p5-397b-a17b-256k",
         {"baseModel": "accounts/fireworks/models/qwen3p5-397b-a17b"},
     )
-    assert "x 2 nodes; the local launcher runs on one machine" in error(multi, 400, "FAILED_PRECONDITION")
-    replicas = create_job(http, POLICY, trainerReplicaCount=2)
-    assert "trainerReplicaCount 2" in error(replicas, 400, "FAILED_PRECONDITION")
+    message = error(multi, 400, "FAILED_PRECONDITION")
+    assert "x 2 nodes; the local launcher runs GPU shapes on one machine" in message
+    assert "runs with a cluster launcher (Kubernetes through Kubeflow Trainer, or Slurm)" in message
+    replicas = create_job(
+        http, h200, {"baseModel": "accounts/fireworks/models/qwen3-8b", "loraRank": 8}, trainerReplicaCount=2
+    )
+    assert "the shape needs 8 x NVIDIA_H200_141GB x 2 replicas" in error(replicas, 400, "FAILED_PRECONDITION")
     listed = http.get("/v1/accounts/local/rlorTrainerJobs", params={"pageSize": 200}).json()["rlorTrainerJobs"]
     assert not [j for j in listed if "qwen3-8b" in j["trainingConfig"]["baseModel"]]  # nothing was created
 
