@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_world(agents: list[subprocess.Popen], timeout: float) -> list[int]:
+    """The agents' exit codes. Once one has exited the others get STOP_SECONDS: an agent whose peer failed waits
+    out torch's exit barrier (300 s) otherwise. Past `timeout`, or past their grace, they are stopped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(agent.poll() is None for agent in agents):
+        if any(agent.poll() is not None for agent in agents):
+            deadline = min(deadline, time.monotonic() + STOP_SECONDS)
+        time.sleep(0.1)
+    for agent in agents:
+        if agent.poll() is None:
+            agent.terminate()
+    return [agent.wait() for agent in agents]
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -190,12 +205,7 @@ class LocalLauncher:
                 )
                 for _ in range(process.world.nodes)
             ]
-            try:
-                codes = [child.wait(timeout=timeout) for child in children]
-            except subprocess.TimeoutExpired:
-                for child in children:
-                    child.kill()
-                codes = [child.wait() for child in children]
+            codes = wait_world(children, timeout)
         if any(codes) or not result_path.exists():
             return SmokeResult(
                 device=process.device,

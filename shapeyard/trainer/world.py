@@ -13,6 +13,7 @@ single process exactly as before, without FSDP's hooks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import heapq
 import os
@@ -105,8 +106,13 @@ class World:
             module.set_force_sum_reduction_for_comms(True)
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the world together: a rank that tears its process group down while a peer still uses it can
+        abort the peer. Peers that are gone already leave nobody to wait for."""
+        if not dist.is_initialized():
+            return
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def join_world(device: str, replicas: int = 1) -> World:
