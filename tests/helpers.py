@@ -86,7 +86,11 @@ class RunningServer:
 
 @contextmanager
 def run_server(
-    data_dir: Path, database_url: str | None = None, cpu_slots: int = 0, model_dirs: dict[str, str] | None = None
+    data_dir: Path,
+    database_url: str | None = None,
+    cpu_slots: int = 0,
+    model_dirs: dict[str, str] | None = None,
+    warm_workers: int = 0,
 ) -> Iterator[RunningServer]:
     """cpu_slots=0 runs the control plane alone: jobs wait in PENDING and no worker starts."""
     settings = ServerSettings(
@@ -97,6 +101,7 @@ def run_server(
         tinker_api_key=TINKER_KEY,
         cpu_worker_slots=cpu_slots,
         model_dirs=model_dirs or {},
+        warm_workers=warm_workers,
     )
     with EmbeddedServer(settings) as server:
         yield RunningServer(server.control, server.app, server.base_url)

@@ -32,6 +32,9 @@ def serve(
         int | None, typer.Option(help="CPU workers that may run at once (default: one per core).")
     ] = None,
     worker_threads: Annotated[int, typer.Option(help="torch threads per CPU worker.")] = 1,
+    warm_workers: Annotated[
+        int, typer.Option(help="trainer workers kept started ahead for one-rank CPU jobs (about 0.4 GiB each).")
+    ] = 1,
     model_dir: Annotated[
         list[str] | None,
         typer.Option(help="MODEL=DIR: load this catalog model's weights from a local HF directory (repeatable)."),
@@ -52,6 +55,7 @@ def serve(
         port=port,
         account=account,
         worker_threads=worker_threads,
+        warm_workers=warm_workers,
         model_dirs=_model_dirs(model_dir or []),
     )
     if cpu_worker_slots is not None:

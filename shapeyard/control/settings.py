@@ -23,6 +23,8 @@ class ServerSettings:
     # CPU trainer workers that may run at once (each on one torch thread unless worker_threads says otherwise).
     cpu_worker_slots: int = field(default_factory=lambda: max(os.cpu_count() or 1, 1))
     worker_threads: int = 1
+    # trainer workers started ahead, their modules imported, each waiting to take the next one-rank CPU job
+    warm_workers: int = 0
     # model name (short or full) -> a local HF directory its workers load instead of the catalog's weights source
     model_dirs: dict[str, str] = field(default_factory=dict)
     api_key: str | None = field(default_factory=lambda: os.environ.get("SHAPEYARD_API_KEY"))

@@ -83,7 +83,7 @@ class ControlPlane:
             keys = _bootstrap_keys(session, settings)
         if added:
             log.info("catalog: added %d shape versions", len(added))
-        launcher = LocalLauncher(settings.cpu_worker_slots, settings.worker_threads)
+        launcher = LocalLauncher(settings.cpu_worker_slots, settings.worker_threads, warm=settings.warm_workers)
         return cls(settings, db, catalog, keys, launcher)
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from shapeyard.wire.worker import Listener, TrainerWorkerSpec, WorkerLaunch, Wor
 
 log = logging.getLogger("shapeyard.launch")
 LOG_TAIL_LINES = 25
+WARM_REFILL_SECONDS = 10.0
 STOP_SECONDS = 20.0  # an agent told to stop gives its ranks up to 15 s before it kills them
 
 
@@ -82,13 +83,55 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class LocalLauncher:
-    def __init__(self, cpu_slots: int, threads: int = 1, hardware: LocalHardware | None = None) -> None:
+    def __init__(self, cpu_slots: int, threads: int = 1, hardware: LocalHardware | None = None, warm: int = 0) -> None:
         self.cpu_slots = cpu_slots
         self.threads = threads
         self.hardware = hardware or detect()
+        self.warm = warm if cpu_slots > 0 else 0
         self._workers: dict[str, _Worker] = {}
+        self._warm: list[subprocess.Popen] = []
+        self._closed = False
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=2.0)
+        self._refill()
+
+    # --- warm trainer workers ---------------------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        """Keep `warm` trainer workers started ahead, their modules imported (torch, transformers, peft: most of
+        a worker's start), each waiting for a one-rank CPU job's launch file on stdin."""
+        self._warm = [process for process in self._warm if process.poll() is None]
+        while len(self._warm) < self.warm:
+            command = [sys.executable, "-m", TrainerWorkerSpec.module, "--warm"]
+            self._warm.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,  # until it has a job and its log
+                    text=True,
+                    env=self._environment([]),
+                )
+            )
+
+    def _take_warm(self, process: WorkerProcess, path: Path) -> subprocess.Popen | None:
+        """A warm worker for this launch, told where its launch file is; None if none fits or is ready."""
+        alive = [warm for warm in self._warm if warm.poll() is None]
+        if not alive or process.device != "cpu" or process.world.size != 1:
+            return None
+        taken = alive[0]
+        self._warm.remove(taken)
+        assert taken.stdin is not None
+        taken.stdin.write(f"{path}\n")
+        taken.stdin.close()
+        # the next one starts once this job has had the cores to itself for its start
+        threading.Timer(WARM_REFILL_SECONDS, self._refill_locked).start()
+        return taken
+
+    def _refill_locked(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._refill()
 
     def check(self, placement: Placement) -> None:
         needed = f"the shape needs {placement.describe()}"
@@ -222,9 +265,10 @@ class LocalLauncher:
             gpus = self._gpus_for(placement)
             listener = Listener(port=free_port(), token=secrets.token_hex(16))
             path = spec.work_dir / "worker-launch.json"
-            process = self._process(spec, placement, gpus, name, path).model_copy(update={"listener": listener})
-            self._write_launch(spec, process, path)
             log_path = spec.work_dir / "worker.log"
+            process = self._process(spec, placement, gpus, name, path)
+            process = process.model_copy(update={"listener": listener, "log_file": log_path})
+            self._write_launch(spec, process, path)
             with log_path.open("a") as log_file:
 
                 def run(command: list[str]) -> subprocess.Popen:
@@ -233,7 +277,8 @@ class LocalLauncher:
                         command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=spec.work_dir
                     )
 
-                child = run([sys.executable, "-m", spec.module, "--launch", str(path)])
+                warm = self._take_warm(process, path) if isinstance(spec, TrainerWorkerSpec) else None
+                child = warm or run([sys.executable, "-m", spec.module, "--launch", str(path)])
                 # the HTTP process starts the first node's agent; these are the others'
                 agents = [run(process.compute_command) for _ in range(process.world.nodes - 1)]
             health = f"{listener.url}{spec.health_path}"
@@ -283,6 +328,12 @@ class LocalLauncher:
         log.info("stopped worker for %s", name)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for warm in self._warm:
+                warm.kill()
+                warm.wait()
+            self._warm = []
         for name in list(self._workers):
             self.stop(name)
         self._http.close()

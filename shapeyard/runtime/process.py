@@ -9,6 +9,7 @@ import argparse
 import ctypes
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,15 +67,37 @@ def setup_process() -> None:
     retain_freed_memory()
 
 
-def launch_path(description: str) -> Path:
-    """The file the launcher wrote for this process (`--launch <file>`)."""
+def launch_argument(description: str) -> Path | None:
+    """`--launch <file>`: the file the launcher wrote for this process; None for `--warm`, a process started
+    before its job (see `await_launch`)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--launch", required=True, type=Path, help="the worker-launch JSON written by the launcher")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--launch", type=Path, help="the worker-launch JSON written by the launcher")
+    given.add_argument("--warm", action="store_true", help="wait for the launch file's path on stdin")
     return parser.parse_args().launch
 
 
+def await_launch() -> Path:
+    """A warm process has imported its modules and waits here for the path the launcher writes to its stdin once
+    it has a job for it."""
+    return Path(sys.stdin.readline().strip())
+
+
+def launch_path(description: str) -> Path:
+    return launch_argument(description) or await_launch()
+
+
 def read_launch(spec_type: type[S], path: Path) -> WorkerLaunch[S]:
-    return WorkerLaunch[spec_type].model_validate_json(path.read_text())
+    """The launch, with the process's output moved to the log the launcher named (a warm process started
+    before there was one) and the worker's directory as the current one."""
+    launch = WorkerLaunch[spec_type].model_validate_json(path.read_text())
+    if launch.process.log_file is not None:
+        log = os.open(launch.process.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(log, sys.stdout.fileno())
+        os.dup2(log, sys.stderr.fileno())
+        os.close(log)
+    os.chdir(launch.spec.work_dir)
+    return launch
 
 
 def start_worker(spec_type: type[S], path: Path) -> WorkerLaunch[S]:

@@ -18,10 +18,12 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import connection
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -84,18 +86,35 @@ def _failure(message: str, category: ErrorCategory) -> bytes:
 
 
 class ComputeProcess:
-    """The compute world, seen from the HTTP process: its first agent (or only process) is started here, rank 0
-    connects back over loopback with the launch's token, and calls are fed to it in order."""
+    """The compute world, seen from the HTTP process: its first agent (or only process) is started here, or was
+    started warm beforehand; rank 0 connects back over loopback with the launch's token, and calls are fed to it in
+    order."""
 
-    def __init__(self, launch: WorkerLaunch[TrainerWorkerSpec]) -> None:
+    def __init__(
+        self, launch: WorkerLaunch[TrainerWorkerSpec], launch_file: Path, warm: subprocess.Popen | None = None
+    ) -> None:
         link = launch.process.compute
         assert link is not None, "the launcher gives a trainer a link for its rank 0"
         self._listener = connection.Listener((link.host, link.port), authkey=link.token.encode())
-        # its own session, so that stopping it reaches the agent and not this process
-        self.process = subprocess.Popen(launch.process.compute_command, start_new_session=True)
+        if warm is None:
+            # its own session, so that stopping it reaches the agent and not this process
+            self.process = subprocess.Popen(launch.process.compute_command, start_new_session=True)
+        else:
+            assert launch.process.world.size == 1, "a warm compute process is one rank"
+            assert warm.stdin is not None
+            warm.stdin.write(f"{launch_file}\n")
+            warm.stdin.close()
+            self.process = warm
         self._connection: connection.Connection | None = None
         self._socket: socket.socket | None = None
         self._closing = False
+
+    @staticmethod
+    def start_warm() -> subprocess.Popen:
+        """A compute process of one rank started before its job: it imports torch, transformers and peft, then
+        waits for its launch file's path on stdin."""
+        command = [sys.executable, "-m", TrainerWorkerSpec.compute_module, "--warm"]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, text=True, start_new_session=True)
 
     def _accept(self) -> connection.Connection | None:
         """Rank 0's connection, or None if the compute process (or agent) exited first."""

@@ -1,6 +1,7 @@
 """The trainer worker's HTTP process: the trainer protocol over HTTP for one job.
 
     python -m shapeyard.trainer.worker --launch <file>
+    python -m shapeyard.trainer.worker --warm           started ahead of its job: the launch file's path comes on stdin
 
 The control plane launches it (see `shapeyard.launch`) and reaches it through its gateway. It checks the gateway's
 token, orders requests and keeps their futures (`shapeyard.trainer.sequencer`), and hands the operations to its
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from shapeyard.runtime.http import gateway_only, install_error_handlers, json_response
-from shapeyard.runtime.process import launch_path, start_worker
+from shapeyard.runtime.process import await_launch, launch_argument, start_worker
 from shapeyard.trainer.ipc import Call, ComputeProcess
 from shapeyard.trainer.sequencer import Sequencer
 from shapeyard.wire import routes
@@ -157,10 +158,14 @@ def create_worker_app(spec: TrainerWorkerSpec, token: str, sequencer: Sequencer)
 
 
 def main() -> None:
-    launch = start_worker(TrainerWorkerSpec, launch_path(__doc__))
+    given = launch_argument(__doc__)
+    # started warm: the compute process imports torch while this one waits for a job
+    warm = None if given else ComputeProcess.start_warm()
+    path = given or await_launch()
+    launch = start_worker(TrainerWorkerSpec, path)
     listener = launch.process.listener
     assert listener is not None, "a trainer worker serves HTTP"
-    compute = ComputeProcess(launch)
+    compute = ComputeProcess(launch, path, warm)
     compute.wait_ready()
     sequencer = Sequencer(compute.send)
     compute.deliver_replies(sequencer.resolve)

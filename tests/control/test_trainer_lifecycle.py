@@ -1,7 +1,9 @@
-"""Trainer jobs with real workers: states, the gateway, failure, delete, resume from the last checkpoint."""
+"""Trainer jobs with real workers: states, the gateway, failure, delete, resume from the last checkpoint, warm
+workers."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 
 from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
 from shapeyard.client.managed import wait_until_running
-from tests.helpers import FULL_SHAPE, TINY, RunningServer, unique
+from tests.helpers import FULL_SHAPE, TINY, RunningServer, run_server, unique
 
 
 def wait_state(http: httpx.Client, job_id: str, states: set[str], timeout: float = 90) -> dict:
@@ -188,3 +190,31 @@ def test_wait_until_running_reports_a_failed_job(training_server):
         )
         with pytest.raises(JobFailedError, match="JOB_STATE_FAILED"):
             wait_until_running(control, job_id, timeout=120)
+
+
+def test_a_warm_worker_takes_a_one_rank_cpu_job_and_another_is_started_after_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("shapeyard.launch.local.WARM_REFILL_SECONDS", 0.5)
+    with run_server(tmp_path, cpu_slots=2, warm_workers=1) as server:
+        launcher = server.control.launcher
+        (warm,) = launcher._warm
+        run = managed_training(
+            base_url=server.base_url,
+            api_key=server.api_key,
+            base_model=TINY,
+            training_shape_id=FULL_SHAPE,
+            job_id=unique("warm"),
+        )
+        worker = launcher._workers[server.worker_name(run.job_id)]
+        assert worker.process is warm  # the job runs in the process started ahead of it
+        loss = run.training_client.forward_backward(data(0)).result().metrics["loss:sum"]
+        assert math.isfinite(loss) and loss > 0
+        run.training_client.optim_step(AdamParams(learning_rate=1e-2)).result()
+        # its output, started before the job was known, goes to the job's log
+        assert "serving" in (server.job_files(run.job_id).root / "worker.log").read_text()
+        deadline = time.monotonic() + 10
+        while len(launcher._warm) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(launcher._warm) == 1 and launcher._warm[0] is not warm
+        run.close(delete_job=True)
+        spare = launcher._warm[0]
+    assert spare.poll() is not None  # the server's close ends its warm workers too
