@@ -359,10 +359,9 @@ class SpmdBackend:
 
     def _run(self, slot: Slot, ids: Tensor, mask: Tensor | None) -> Tensor:
         """The last hidden states ([batch, positions, hidden]) of the slot's model."""
-        network = self.peft if self.peft is not None else self.base
         # use_cache=False: a training forward has no next token to decode, so a KV cache is only wasted copies
         with self._adapter(slot), self._without_head(), self._compute():
-            return network(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            return self.network(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
