@@ -114,19 +114,15 @@ class LocalLauncher:
                 )
             )
 
-    def _take_warm(self, process: WorkerProcess, path: Path) -> subprocess.Popen | None:
-        """A warm worker for this launch, told where its launch file is; None if none fits or is ready."""
+    def _take_warm(self, spec: WorkerSpec, process: WorkerProcess) -> subprocess.Popen | None:
+        """A warm worker for a one-rank CPU trainer, out of the pool; None if none fits or is alive."""
         alive = [warm for warm in self._warm if warm.poll() is None]
-        if not alive or process.device != "cpu" or process.world.size != 1:
+        if not alive or not isinstance(spec, TrainerWorkerSpec) or process.device != "cpu" or process.world.size > 1:
             return None
-        taken = alive[0]
-        self._warm.remove(taken)
-        assert taken.stdin is not None
-        taken.stdin.write(f"{path}\n")
-        taken.stdin.close()
+        self._warm.remove(alive[0])
         # the next one starts once this job has had the cores to itself for its start
         threading.Timer(WARM_REFILL_SECONDS, self._refill_locked).start()
-        return taken
+        return alive[0]
 
     def _refill_locked(self) -> None:
         with self._lock:
@@ -266,9 +262,15 @@ class LocalLauncher:
             listener = Listener(port=free_port(), token=secrets.token_hex(16))
             path = spec.work_dir / "worker-launch.json"
             log_path = spec.work_dir / "worker.log"
-            process = self._process(spec, placement, gpus, name, path)
-            process = process.model_copy(update={"listener": listener, "log_file": log_path})
+            process = self._process(spec, placement, gpus, name, path).model_copy(update={"listener": listener})
+            warm = self._take_warm(spec, process)
+            if warm is not None:  # started before its log existed, it moves its output there itself
+                process = process.model_copy(update={"log_file": log_path})
             self._write_launch(spec, process, path)
+            if warm is not None:
+                assert warm.stdin is not None
+                warm.stdin.write(f"{path}\n")
+                warm.stdin.close()
             with log_path.open("a") as log_file:
 
                 def run(command: list[str]) -> subprocess.Popen:
@@ -277,7 +279,6 @@ class LocalLauncher:
                         command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=spec.work_dir
                     )
 
-                warm = self._take_warm(process, path) if isinstance(spec, TrainerWorkerSpec) else None
                 child = warm or run([sys.executable, "-m", spec.module, "--launch", str(path)])
                 # the HTTP process starts the first node's agent; these are the others'
                 agents = [run(process.compute_command) for _ in range(process.world.nodes - 1)]

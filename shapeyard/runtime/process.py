@@ -88,21 +88,24 @@ def launch_path(description: str) -> Path:
 
 
 def read_launch(spec_type: type[S], path: Path) -> WorkerLaunch[S]:
-    """The launch, with the process's output moved to the log the launcher named (a warm process started
-    before there was one) and the worker's directory as the current one."""
-    launch = WorkerLaunch[spec_type].model_validate_json(path.read_text())
+    return WorkerLaunch[spec_type].model_validate_json(path.read_text())
+
+
+def enter_launch(launch: WorkerLaunch) -> None:
+    """Move this process's output to the log the launcher named (a warm process was started before there was
+    one) and into the worker's directory."""
     if launch.process.log_file is not None:
         log = os.open(launch.process.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(log, sys.stdout.fileno())
         os.dup2(log, sys.stderr.fileno())
         os.close(log)
     os.chdir(launch.spec.work_dir)
-    return launch
 
 
 def start_worker(spec_type: type[S], path: Path) -> WorkerLaunch[S]:
     """What the launcher wrote for this worker, with the process set up. Torch threads are the business of the
     process that runs torch (`process.threads`); a worker's HTTP process does not import torch at all."""
     launch = read_launch(spec_type, path)
+    enter_launch(launch)
     setup_process()
     return launch

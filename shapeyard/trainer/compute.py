@@ -26,7 +26,13 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from shapeyard.models.loading import load_model, load_tokenizer, weights_path
 from shapeyard.models.transformers_sampler import TransformersSampler
-from shapeyard.runtime.process import launch_path, read_launch, release_freed_memory, setup_process
+from shapeyard.runtime.process import (
+    enter_launch,
+    launch_path,
+    read_launch,
+    release_freed_memory,
+    setup_process,
+)
 from shapeyard.store.layout import JobFiles
 from shapeyard.trainer.backend import (
     AdamStep,
@@ -325,6 +331,7 @@ def serve(service: TrainerService, link: Connection) -> None:
 @record  # a rank that dies leaves its traceback in the agent's failure summary, the end of the worker's log
 def main() -> None:
     launch = read_launch(TrainerWorkerSpec, launch_path(__doc__))
+    enter_launch(launch)
     setup_process()
     torch.set_num_threads(launch.process.threads)
     world = join_world(launch.process.device, launch.process.world.replicas)

@@ -100,7 +100,7 @@ class WorkerProcess(BaseModel):
     world: WorldSpec = WorldSpec()  # a trainer's ranks
     compute: Listener | None = None  # where the trainer's HTTP process waits for its rank 0
     compute_command: list[str] = []  # what the trainer's HTTP process runs: its node's agent (or only rank)
-    log_file: Path | None = None  # where the process writes its output (a warm one was started before it was known)
+    log_file: Path | None = None  # a warm process, started before its log was known, moves its output there
 
 
 S = TypeVar("S", bound=WorkerSpec)
