@@ -58,7 +58,8 @@ def validate_training_shape(
     missing = pending(shape_recipe(snapshot, accelerator))
     summary = plan.summary()
     if missing:
-        summary += f"; today's trainer does not apply {', '.join(missing)}: jobs on this shape wait for it"
+        summary += f"; today's trainer does not apply {', '.join(missing)}: "
+        summary += "jobs on this shape are refused until it does"
     return ValidationReport(
         passed=plan.fits, summary=summary, problems=plan.problems, pending=missing, memory_plan=plan
     )
