@@ -10,7 +10,7 @@ and AdamW state. One torch thread per rank, so world size 2 uses the machine's t
 
 Each world runs `--steps` timed steps after one warm-up step; a step is one forward_backward and one optim_step.
 
-    .venv/bin/python -m bench.spmd_scaling [--steps 4] [--batch 8] [--length 128]
+    .venv/bin/python -m bench.spmd_scaling [--steps 3] [--batch 8] [--length 256]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+CONTEXT = 2048  # the recipe's as for a 2k shape: a forward pass holds up to 2,048 tokens, the whole default batch
 MODEL = {
     "vocab_size": 16384,
     "hidden_size": 768,
@@ -83,13 +84,11 @@ def rank_main(args: argparse.Namespace) -> None:
         base_model="bench",
         model_path=path,
         device="cpu",
-        max_context_length=args.length,
+        max_context_length=CONTEXT,
         lora_rank=0,
         max_lora_rank=0,
         forward_only=False,
-        recipe=training_recipe(
-            AcceleratorSpec(accelerator_type="CPU", kind=DeviceKind.CPU, memory_gib=16.0), args.length
-        ),
+        recipe=training_recipe(AcceleratorSpec(accelerator_type="CPU", kind=DeviceKind.CPU, memory_gib=16.0), CONTEXT),
     )
     backend = SpmdBackend(config, load_model(path, "cpu"), load_tokenizer(path), world)
     model_id, _ = backend.create_model(None, base_only=False)
@@ -131,9 +130,9 @@ def run_world(size: int, args: argparse.Namespace, model: Path, out: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--rank-of", type=Path, dest="model", help=argparse.SUPPRESS)  # set for the ranks
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
