@@ -287,10 +287,9 @@ class SpmdBackend:
         """This rank's micro-batches of the data, padded with None to the most any rank has (every rank computes
         every rank's split, so they agree without talking)."""
         shares = partition([len(item.tokens) for item in data], self.world.size)
-        counts = [len(self._micro_batches(data, share)) for share in shares]
-        mine: list[list[tuple[int, Prepared]] | None] = []
-        mine.extend(self._micro_batches(data, shares[self.world.rank]))
-        return mine + [None] * (max(counts) - len(mine))
+        every = [self._micro_batches(data, share) for share in shares]
+        mine: list[list[tuple[int, Prepared]] | None] = [*every[self.world.rank]]
+        return mine + [None] * (max(map(len, every)) - len(mine))
 
     def _target_logprobs(self, slot: Slot, batch: list[tuple[int, Prepared]]) -> list[Tensor]:
         width = max(len(item.tokens) for _, item in batch)

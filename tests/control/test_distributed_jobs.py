@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import tinker
 
-from shapeyard.client import AdamParams, Datum, ManagedTraining, ModelInput, managed_training
+from shapeyard.client import AdamParams, Datum, ModelInput
 from shapeyard.client.http import ApiError
-from tests.control.test_trainer_lifecycle import data, wait_state
+from tests.control.test_trainer_lifecycle import data, start, wait_state
 from tests.helpers import SHAPES, TINY, RunningServer, unique
 
 TWO_NODES = f"{SHAPES}/tiny-qwen3-2k-cpu-2node"
@@ -62,16 +62,10 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def start(server: RunningServer, shape: str, job_id: str) -> ManagedTraining:
-    return managed_training(
-        base_url=server.base_url, api_key=server.api_key, base_model=TINY, training_shape_id=shape, job_id=job_id
-    )
-
-
 def test_a_killed_rank_fails_the_job_with_its_reason_and_resume_restarts_the_whole_world(
     training_server: RunningServer,
 ):
-    run = start(training_server, TWO_NODES, unique("rank"))
+    run = start(training_server, unique("rank"), TWO_NODES)
     training = run.training_client
     for step in range(2):
         training.forward_backward(data(step))
@@ -90,7 +84,7 @@ def test_a_killed_rank_fails_the_job_with_its_reason_and_resume_restarts_the_who
     assert "Signal 9" in failed["statusMessage"]
     assert wait_gone(set(processes)) == set(), "processes of the failed job outlived it"
 
-    resumed = start(training_server, TWO_NODES, run.job_id)
+    resumed = start(training_server, run.job_id, TWO_NODES)
     assert resumed.job.state == "JOB_STATE_RUNNING"
     # both ranks start from step-2, weights and optimizer
     assert resumed.training_client.forward(data(9)).result().metrics["loss:sum"] == pytest.approx(expected, rel=1e-6)
@@ -99,7 +93,7 @@ def test_a_killed_rank_fails_the_job_with_its_reason_and_resume_restarts_the_who
 
 
 def test_deleting_a_job_stops_every_rank_on_every_node(training_server: RunningServer):
-    run = start(training_server, TWO_NODES, unique("stop"))
+    run = start(training_server, unique("stop"), TWO_NODES)
     processes = job_processes(training_server, run.job_id)
     assert sum(1 for rank in processes.values() if rank) == 2
     assert len(processes) == 5  # the HTTP process, two agents, two ranks
@@ -108,7 +102,7 @@ def test_deleting_a_job_stops_every_rank_on_every_node(training_server: RunningS
 
 
 def test_bad_input_at_world_size_2_is_refused_before_any_rank_changes_state(training_server: RunningServer):
-    run = start(training_server, TWO_DEVICES, unique("bad"))
+    run = start(training_server, unique("bad"), TWO_DEVICES)
     training = run.training_client
     before = training.forward(data(3)).result().metrics["loss:sum"]
     good = data(4)[0]

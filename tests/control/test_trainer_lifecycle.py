@@ -37,6 +37,13 @@ def data(step: int) -> list[Datum]:
     return [Datum(model_input=ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={"target_tokens": tokens[1:]})]
 
 
+def start(server: RunningServer, job_id: str, shape: str = FULL_SHAPE) -> ManagedTraining:
+    """A tiny-model job on the shape, created (or resumed) and running, through the shapeyard client."""
+    return managed_training(
+        base_url=server.base_url, api_key=server.api_key, base_model=TINY, training_shape_id=shape, job_id=job_id
+    )
+
+
 def test_a_job_goes_creating_pending_running_and_its_worker_answers_through_the_gateway(training_server, training_http):
     http = training_http
     job_id = unique("life")
@@ -66,13 +73,7 @@ def test_a_job_goes_creating_pending_running_and_its_worker_answers_through_the_
 def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from_the_last_checkpoint(
     training_server: RunningServer,
 ):
-    run = managed_training(
-        base_url=training_server.base_url,
-        api_key=training_server.api_key,
-        base_model=TINY,
-        training_shape_id=FULL_SHAPE,
-        job_id=unique("resume"),
-    )
+    run = start(training_server, unique("resume"))
     training = run.training_client
     adam = AdamParams(learning_rate=1e-2)
     for step in range(2):
@@ -92,13 +93,7 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
         running = http.get(f"/training/v1/rlorTrainerJobs/local/{run.job_id}/api/v1/healthz")
         assert running.status_code == 503
 
-    resumed = managed_training(
-        base_url=training_server.base_url,
-        api_key=training_server.api_key,
-        base_model=TINY,
-        training_shape_id=FULL_SHAPE,
-        job_id=run.job_id,
-    )
+    resumed = start(training_server, run.job_id)
     assert resumed.job.state == "JOB_STATE_RUNNING"
     # the first model on the restarted worker starts from step-2, weights and optimizer
     assert resumed.training_client.forward(data(9)).result().metrics["loss:sum"] == expected
@@ -108,13 +103,7 @@ def test_a_dead_worker_fails_its_job_with_the_log_tail_and_resume_continues_from
 
 def worker_processes(server: RunningServer, prefix: str) -> tuple[ManagedTraining, subprocess.Popen, int]:
     """A running job, its worker's HTTP process, and the pid of its compute process (the HTTP process's child)."""
-    run = managed_training(
-        base_url=server.base_url,
-        api_key=server.api_key,
-        base_model=TINY,
-        training_shape_id=FULL_SHAPE,
-        job_id=unique(prefix),
-    )
+    run = start(server, unique(prefix))
     worker = server.control.launcher._workers[f"accounts/local/rlorTrainerJobs/{run.job_id}"].process
     children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
     assert len(children) == 1, children
@@ -197,13 +186,7 @@ def test_a_warm_worker_takes_a_one_rank_cpu_job_and_another_is_started_after_it(
     with run_server(tmp_path, cpu_slots=2, warm_workers=1) as server:
         launcher = server.control.launcher
         (warm,) = launcher._warm
-        run = managed_training(
-            base_url=server.base_url,
-            api_key=server.api_key,
-            base_model=TINY,
-            training_shape_id=FULL_SHAPE,
-            job_id=unique("warm"),
-        )
+        run = start(server, unique("warm"))
         worker = launcher._workers[server.worker_name(run.job_id)]
         assert worker.process is warm  # the job runs in the process started ahead of it
         loss = run.training_client.forward_backward(data(0)).result().metrics["loss:sum"]
